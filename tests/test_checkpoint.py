@@ -1,0 +1,225 @@
+"""Tests of vit_flax.checkpoint on .npz files written in the official format."""
+
+import functools
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from helpers import tiny_model_config
+from vit_flax import checkpoint
+from vit_flax import models
+
+
+def init(config, image_size=16, num_classes=5, seed=0):
+  model = models.VisionTransformer(num_classes=num_classes, **config)
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(seed), jnp.ones((1, image_size, image_size, 3)))['params']
+  return model, jax.device_get(params)
+
+
+def flat(params):
+  return flax.traverse_util.flatten_dict(params, sep='/')
+
+
+def write_official_npz(path, params):
+  """Writes params as the released checkpoints are: np.savez of '/' keys."""
+  np.savez(path, **{k: np.asarray(v) for k, v in flat(params).items()})
+
+
+def random_params(params, seed=1):
+  rng = np.random.RandomState(seed)
+  return jax.tree.map(
+      lambda p: rng.randn(*p.shape).astype(p.dtype), params)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+  _, params = init(tiny_model_config(representation_size=6))
+  params = random_params(params)
+  path = tmp_path / 'model.npz'
+  checkpoint.save(params, path)
+  assert os.listdir(tmp_path) == ['model.npz']  # No temporary file left.
+  loaded = checkpoint.load(path)
+  assert flat(loaded).keys() == flat(params).keys()
+  for key, value in flat(params).items():
+    assert flat(loaded)[key].dtype == value.dtype
+    np.testing.assert_array_equal(flat(loaded)[key], value)
+
+
+def test_saved_file_is_a_flat_official_npz(tmp_path):
+  _, params = init(tiny_model_config())
+  checkpoint.save(params, tmp_path / 'model.npz')
+  with np.load(tmp_path / 'model.npz') as npz:
+    assert 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/' \
+        'query/kernel' in npz.files
+    assert set(npz.files) == set(flat(params))
+
+
+def test_official_npz_gives_the_same_logits(tmp_path):
+  model, params = init(tiny_model_config())
+  params = random_params(params)
+  write_official_npz(tmp_path / 'official.npz', params)
+  loaded = checkpoint.load(tmp_path / 'official.npz')
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  np.testing.assert_array_equal(
+      model.apply({'params': loaded}, x, train=False),
+      model.apply({'params': params}, x, train=False))
+
+
+def test_load_pretrained_to_new_resolution_and_class_count(tmp_path):
+  config = tiny_model_config()
+  _, pretrained = init(config, image_size=16, num_classes=5)
+  pretrained = random_params(pretrained)
+  write_official_npz(tmp_path / 'pre.npz', pretrained)
+
+  _, init_params = init(config, image_size=32, num_classes=3, seed=1)
+  restored = checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'pre.npz', init_params=init_params,
+      model_config=config)
+
+  got, old, fresh = flat(restored), flat(pretrained), flat(init_params)
+  assert {k: v.shape for k, v in got.items()} == {
+      k: v.shape for k, v in fresh.items()}
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  assert got[posemb].shape == (1, 65, 16)  # 8x8 grid + class token
+  for key in got:
+    if key.startswith('head/'):
+      np.testing.assert_array_equal(got[key], fresh[key])
+    elif key == posemb:
+      np.testing.assert_array_equal(got[key][:, :1], old[key][:, :1])
+      np.testing.assert_allclose(
+          got[key], checkpoint.interpolate_posembed(old[key], 65, True))
+    else:
+      np.testing.assert_array_equal(got[key], old[key])
+
+
+def test_load_pretrained_keeps_or_drops_pre_logits(tmp_path):
+  config = tiny_model_config(representation_size=6)
+  _, pretrained = init(config)
+  pretrained = random_params(pretrained)
+  write_official_npz(tmp_path / 'pre.npz', pretrained)
+
+  _, init_keep = init(config, num_classes=3)
+  kept = checkpoint.load_pretrained(pretrained_path=tmp_path / 'pre.npz',
+                                    init_params=init_keep, model_config=config)
+  np.testing.assert_array_equal(kept['pre_logits']['kernel'],
+                                pretrained['pre_logits']['kernel'])
+
+  drop_config = tiny_model_config()
+  _, init_drop = init(drop_config, num_classes=3)
+  dropped = checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'pre.npz', init_params=init_drop,
+      model_config=drop_config)
+  assert 'pre_logits' not in dropped
+  assert dropped['head']['kernel'].shape == (16, 3)
+
+
+def test_load_pretrained_fixes_hybrid_groupnorm_shapes(tmp_path):
+  config = tiny_model_config(patch=1)
+  config.resnet = ml_collections.ConfigDict(
+      {'num_layers': (1,), 'width_factor': 0.5})
+  _, params = init(config, image_size=16)
+  params = random_params(params)
+  old_style = {k: (v.reshape(1, 1, 1, -1) if '/gn' in f'/{k}' and
+                   k.rsplit('/', 1)[-1] in ('scale', 'bias') else v)
+               for k, v in flat(params).items()}
+  assert old_style['gn_root/scale'].shape == (1, 1, 1, 32)
+  np.savez(tmp_path / 'hybrid.npz', **old_style)
+  restored = checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'hybrid.npz', init_params=params,
+      model_config=config)
+  np.testing.assert_array_equal(restored['gn_root']['scale'],
+                                params['gn_root']['scale'])
+  np.testing.assert_array_equal(
+      restored['block1']['unit1']['gn_proj']['bias'],
+      params['block1']['unit1']['gn_proj']['bias'])
+
+
+def test_interpolate_posembed_official_zoom_values():
+  posemb = np.arange(1 + 4, dtype=np.float32).reshape(1, 5, 1)  # cls, 2x2
+  out = checkpoint.interpolate_posembed(posemb, 10, has_class_token=True)
+  assert out.shape == (1, 10, 1)
+  assert out[0, 0, 0] == 0  # class token kept
+  # Corners stay, the middle row/column is the mean of the neighbours.
+  np.testing.assert_allclose(out[0, 1:, 0].reshape(3, 3),
+                             [[1, 1.5, 2], [2, 2.5, 3], [3, 3.5, 4]])
+
+
+# Bad inputs.
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    checkpoint.load(tmp_path / 'nope.npz')
+
+
+def test_not_an_npz_is_a_clear_error(tmp_path):
+  path = tmp_path / 'model.npz'
+  path.write_text('this is not a checkpoint')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'model\.npz is not a readable \.npz'):
+    checkpoint.load(path)
+
+
+def test_truncated_npz_is_a_clear_error(tmp_path):
+  _, params = init(tiny_model_config())
+  checkpoint.save(params, tmp_path / 'full.npz')
+  data = (tmp_path / 'full.npz').read_bytes()
+  (tmp_path / 'cut.npz').write_bytes(data[:len(data) // 2])
+  with pytest.raises(checkpoint.CheckpointError, match='truncated'):
+    checkpoint.load(tmp_path / 'cut.npz')
+
+
+def test_checkpoint_of_another_depth_names_the_keys(tmp_path):
+  _, deeper = init(tiny_model_config(num_layers=3))
+  write_official_npz(tmp_path / 'deep.npz', deeper)
+  config = tiny_model_config(num_layers=2)
+  _, init_params = init(config)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'extra in the checkpoint \(Transformer/'
+                     r'encoderblock_2/'):
+    checkpoint.load_pretrained(pretrained_path=tmp_path / 'deep.npz',
+                               init_params=init_params, model_config=config)
+
+
+def test_checkpoint_with_missing_keys_names_them(tmp_path):
+  _, shallow = init(tiny_model_config(num_layers=1))
+  write_official_npz(tmp_path / 'shallow.npz', shallow)
+  config = tiny_model_config(num_layers=2)
+  _, init_params = init(config)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='missing from the checkpoint.*encoderblock_1'):
+    checkpoint.load_pretrained(pretrained_path=tmp_path / 'shallow.npz',
+                               init_params=init_params, model_config=config)
+
+
+def test_checkpoint_of_another_width_names_the_shapes(tmp_path):
+  _, wide = init(tiny_model_config(hidden_size=32))
+  write_official_npz(tmp_path / 'wide.npz', wide)
+  config = tiny_model_config(hidden_size=16)
+  _, init_params = init(config)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'encoder_norm/bias: checkpoint \(32,\) vs model '
+                     r'\(16,\)'):
+    checkpoint.load_pretrained(pretrained_path=tmp_path / 'wide.npz',
+                               init_params=init_params, model_config=config)
+
+
+def test_non_square_grid_is_a_clear_error():
+  posemb = np.zeros((1, 1 + 6, 4), np.float32)  # a 2x3 grid
+  with pytest.raises(checkpoint.CheckpointError, match='not a square grid'):
+    checkpoint.interpolate_posembed(posemb, 17, has_class_token=True)
+  with pytest.raises(checkpoint.CheckpointError, match='not a square grid'):
+    checkpoint.interpolate_posembed(np.zeros((1, 17, 4)), 13, True)
+
+
+def test_load_params_checks_shapes(tmp_path):
+  _, wide = init(tiny_model_config(hidden_size=32))
+  checkpoint.save(wide, tmp_path / 'wide.npz')
+  _, narrow = init(tiny_model_config(hidden_size=16))
+  with pytest.raises(checkpoint.CheckpointError, match='other shapes'):
+    checkpoint.load_params(tmp_path / 'wide.npz', init_params=narrow)
