@@ -17,11 +17,17 @@ import jax
 import numpy as np
 import scipy.ndimage
 
+from vit_flax import errors
+
 Params = Dict[str, Any]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that cannot be read or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+  """No file at the checkpoint path."""
 
 
 def _flatten(params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -38,7 +44,7 @@ def load(path) -> Params:
   """Reads an official flat `.npz` checkpoint into a nested params dict."""
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f'Checkpoint {path} does not exist. Give the path of a .npz file, '
         'e.g. one downloaded from gs://vit_models/imagenet21k/ViT-B_16.npz.')
   try:

@@ -6,9 +6,15 @@ official fields, so `VisionTransformer(num_classes=n, **config)` builds it.
 
 from typing import Optional, Sequence
 
+import flax.linen as nn
 import ml_collections
 
+from vit_flax import errors
+from vit_flax import models
+
 MODEL_CONFIGS = {}
+# config.model_type -> the module class built from config.model.
+MODEL_TYPES = {'vit': models.VisionTransformer}
 
 
 def _register(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -34,6 +40,12 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.transformer.dropout_rate = dropout_rate
   config.classifier = classifier
   config.representation_size = None
+  config.head_bias_init = 0.0
+  # Extensions (see models.VisionTransformer); these values are official.
+  config.locality = False
+  config.dtype = 'float32'
+  config.attention_impl = ml_collections.config_dict.placeholder(str)
+  config.remat = False
   if resnet_layers is not None:
     config.resnet = ml_collections.ConfigDict()
     config.resnet.num_layers = tuple(resnet_layers)
@@ -41,10 +53,26 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   return config
 
 
+def create_model(model_type: str, model_config, num_classes: int) -> nn.Module:
+  """`MODEL_TYPES[model_type](num_classes=..., **model_config)`."""
+  if model_type not in MODEL_TYPES:
+    raise errors.ConfigError(
+        f'Unknown model_type {model_type!r}; expected one of '
+        f'{sorted(MODEL_TYPES)}.')
+  if model_config is None:
+    raise errors.ConfigError('config.model is not set; use a preset such as '
+                             "model_configs.get_model_config('ViT-B_16').")
+  try:
+    return MODEL_TYPES[model_type](num_classes=num_classes, **model_config)
+  except TypeError as e:
+    raise errors.ConfigError(
+        f'config.model does not fit model_type={model_type!r}: {e}.') from e
+
+
 def get_model_config(name: str) -> ml_collections.ConfigDict:
   """An unlocked copy of a preset, with a clear error for unknown names."""
   if name not in MODEL_CONFIGS:
-    raise ValueError(f'Unknown model {name!r}; known models: '
+    raise errors.ConfigError(f'Unknown model {name!r}; known models: '
                      f'{", ".join(sorted(MODEL_CONFIGS))}.')
   return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_flax import errors
 from vit_flax import models_resnet
 
 Array = Any
@@ -154,7 +155,7 @@ def fused_attention(query, key, value, *, implementation, dropout_rate=0.0,
                     deterministic=True):
   """`jax.nn.dot_product_attention` (cuDNN flash attention on GPUs)."""
   if dropout_rate > 0.0 and not deterministic:
-    raise ValueError(
+    raise errors.ConfigError(
         'attention_impl=%r has no attention dropout; set '
         'transformer.attention_dropout_rate=0 or attention_impl=None.'
         % implementation)
@@ -274,10 +275,10 @@ class VisionTransformer(nn.Module):
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
-      raise ValueError(f'Unknown classifier {self.classifier!r}; expected one '
+      raise errors.ConfigError(f'Unknown classifier {self.classifier!r}; expected one '
                        f'of {CLASSIFIERS}.')
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f'Unknown attention_impl {self.attention_impl!r}; '
+      raise errors.ConfigError(f'Unknown attention_impl {self.attention_impl!r}; '
                        f'expected one of {ATTENTION_IMPLS}.')
 
   def embed(self, inputs, dtype):
@@ -288,7 +289,7 @@ class VisionTransformer(nn.Module):
                                     self.resnet['width_factor'], dtype)
     patch = tuple(self.patches['size'])
     if x.shape[1] % patch[0] or x.shape[2] % patch[1]:
-      raise ValueError(
+      raise errors.ConfigError(
           f'Patch size {patch} does not divide the input grid '
           f'{x.shape[1:3]} (image {inputs.shape[1:3]}); use an image size '
           'that is a multiple of the patch size (times the ResNet root '

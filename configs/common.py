@@ -1,0 +1,54 @@
+"""Defaults shared by every config; field names follow vit_jax's common.py."""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Everything but the model; configs override what they need."""
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = 'cifar10'  # TFDS name, or a folder {train,test}/<class>/<img>.
+  config.tfds_data_dir = placeholder(str)  # TFDS data directory (None: default).
+  config.tfds_manual_dir = placeholder(str)  # Hand-downloaded files (and IDX).
+  config.pp = ml_collections.ConfigDict()
+  config.pp.train = 'train'  # Training split; TFDS slicing like 'train[:98%]'.
+  config.pp.test = 'test'  # Evaluation split, evaluated whole, exactly once.
+  config.pp.crop = 224  # Image size for evaluation (and training by default).
+  config.pp.augment = 'auto'  # auto|inception_crop_flip|pad_crop_flip|pad_crop|none.
+  config.pp.curriculum = ()  # ((start, size), ...) train-size phases; () = crop.
+  config.pp.curriculum_unit = 'steps'  # Unit of curriculum starts: steps|epochs.
+  config.pp.eval_crop_fraction = 1.0  # < 1: resize to crop/fraction, centre crop.
+  config.shuffle_buffer = 50_000  # Examples in the shuffle buffer.
+  config.prefetch = 2  # Batches transferred to the devices ahead of use.
+
+  # Model.
+  config.model_type = 'vit'  # Key of vit_flax.model_configs.MODEL_TYPES.
+  config.model = None  # A preset from vit_flax.model_configs, then overrides.
+  config.pretrained_path = placeholder(str)  # .npz to fine-tune from (gs:// ok).
+
+  # Optimisation.
+  config.optimizer = 'sgd'  # sgd (momentum) | adam | adamw.
+  config.base_lr = 0.03  # Peak learning rate, reached after the warm-up.
+  config.decay_type = 'cosine'  # After warm-up: cosine | linear | constant.
+  config.warmup_steps = 500  # Linear warm-up from 0 over this many steps.
+  config.total_steps = 10_000  # Training steps (optimizer updates).
+  config.batch = 512  # Global training batch (all devices, all processes).
+  config.batch_eval = 512  # Global evaluation batch.
+  config.accum_steps = 1  # Split each batch into this many sequential chunks.
+  config.grad_norm_clip = 1.0  # Clip gradients to this global norm (0: off).
+  config.optim_dtype = 'bfloat16'  # Momentum / first-moment dtype (as vit_jax).
+  config.momentum = 0.9  # SGD momentum.
+  config.b1 = 0.9  # Adam beta1.
+  config.b2 = 0.999  # Adam beta2.
+  config.weight_decay = 0.0  # Adam(W) weight decay on kernels only.
+  config.label_smoothing = 0.0  # Label smoothing of the training targets.
+
+  # Loop.
+  config.eval_every = 1000  # Evaluate every so many steps (and at the end).
+  config.progress_every = 100  # Log and write train metrics this often.
+  config.checkpoint_every = 1000  # Checkpoint every so many steps (0: off).
+  config.seed = 0  # Seed of init, dropout, shuffling and augmentation.
+  config.profile = False  # Write a profiler trace of a few steps to workdir.
+  return config

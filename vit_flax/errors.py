@@ -1,0 +1,13 @@
+"""Errors caused by bad input (config, data, checkpoints, paths).
+
+`main.py` prints their message alone, without a traceback, and exits with a
+non-zero status; anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(ValueError):
+  """Bad input; the message says what was wrong and what would be valid."""
+
+
+class ConfigError(UserError):
+  """A config value that cannot work (names the field and valid values)."""

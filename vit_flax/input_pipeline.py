@@ -1,0 +1,528 @@
+"""Input pipelines: TFDS, image folders and offline Fashion-MNIST, via tf.data.
+
+Training batches are a pure function of (seed, step): every epoch is shuffled
+with its own seed and every augmentation is stateless, keyed by the example's
+position in the stream. A pipeline can therefore start at any step, which is
+what exact resume and resolution curricula need.
+"""
+
+import dataclasses
+import gzip
+import math
+import os
+import types
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_flax import errors
+
+# Debian's `dataset-fashion-mnist` package puts the original IDX files here.
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+AUGMENTATIONS = ('auto', 'inception_crop_flip', 'pad_crop_flip', 'pad_crop',
+                 'none')
+# Digits and glyphs: flips and crops change what they show.
+_NO_AUGMENT_DATASETS = ('mnist', 'emnist', 'kmnist', 'binarized_mnist')
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+class DataError(errors.UserError):
+  """A data set, split or image folder that cannot be used as configured."""
+
+
+# Sources: where examples come from. Each yields {'image', 'label'} with the
+# image still encoded where the source stores it so (decoded by `decode`).
+
+
+class Source:
+  """A data set: split sizes, class names and the examples of one process."""
+
+  name: str
+  num_classes: int
+  class_names: List[str]
+  # (height, width, channels) when all images share it, else None.
+  image_shape: Optional[Tuple[int, int, int]] = None
+
+  def num_examples(self, split: str) -> int:
+    raise NotImplementedError
+
+  def read(self, split: str, process_index: int, process_count: int,
+           drop_remainder: bool) -> Tuple[tf.data.Dataset, int]:
+    """This process's part of `split`, in a fixed order, and its size."""
+    raise NotImplementedError
+
+  def decode(self, image: tf.Tensor) -> tf.Tensor:
+    return image
+
+
+def _even_part(num: int, index: int, count: int,
+               drop_remainder: bool) -> Tuple[int, int]:
+  """[start, end) of part `index` of `count` near-equal parts of `num`."""
+  if drop_remainder:
+    size = num // count
+    return index * size, (index + 1) * size
+  bounds = [num * i // count for i in range(count + 1)]
+  return bounds[index], bounds[index + 1]
+
+
+def _absolute_ranges(split: str, sizes: Dict[str, int]) -> List[Tuple[str, int,
+                                                                      int]]:
+  """Resolves TFDS split syntax ('train[:98%]+test') to index ranges."""
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+        {name: types.SimpleNamespace(num_examples=n)
+         for name, n in sizes.items()})
+  except (ValueError, KeyError, AssertionError) as e:
+    raise DataError(
+        f'Unknown split {split!r}; available splits: {sorted(sizes)}, with '
+        "TFDS slicing such as 'train[:90%]' ({e}).") from e
+  return [(i.splitname, i.from_ or 0, sizes[i.splitname] if i.to is None
+           else i.to) for i in instructions]
+
+
+class ArraySource(Source):
+  """Examples held in memory (or as file paths), split by index ranges."""
+
+  def __init__(self, name, arrays: Dict[str, Tuple[np.ndarray, np.ndarray]],
+               class_names, image_shape=None):
+    self.name = name
+    self.arrays = arrays
+    self.class_names = list(class_names)
+    self.num_classes = len(self.class_names)
+    self.image_shape = image_shape
+
+  def _select(self, split):
+    sizes = {k: len(v[1]) for k, v in self.arrays.items()}
+    parts = [(self.arrays[n][0][a:b], self.arrays[n][1][a:b])
+             for n, a, b in _absolute_ranges(split, sizes)]
+    return (np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]))
+
+  def num_examples(self, split):
+    return len(self._select(split)[1])
+
+  def read(self, split, process_index, process_count, drop_remainder):
+    images, labels = self._select(split)
+    start, end = _even_part(len(labels), process_index, process_count,
+                            drop_remainder)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'image': images[start:end], 'label': labels[start:end].astype(np.int64)
+    })
+    return ds, end - start
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads a (gzipped) IDX file, the format of (Fashion-)MNIST."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    data = f.read()
+  if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
+    raise DataError(f'{path} is not an unsigned-byte IDX file.')
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+                for i in range(ndim))
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if body.size != math.prod(shape):
+    raise DataError(f'{path} holds {body.size} bytes for shape {shape}; the '
+                    'file is truncated or corrupt.')
+  return body.reshape(shape)
+
+
+def fashion_mnist_idx_dir(manual_dir: Optional[str]) -> Optional[str]:
+  """The directory holding Fashion-MNIST's four IDX files, if any."""
+  for directory in (manual_dir, FASHION_MNIST_DIR):
+    if directory and all(
+        os.path.exists(os.path.join(directory, f))
+        for files in FASHION_MNIST_FILES.values() for f in files):
+      return directory
+  return None
+
+
+def fashion_mnist_from_idx(directory: str) -> ArraySource:
+  """Fashion-MNIST from the original IDX files, as TFDS presents it."""
+  arrays = {}
+  for split, (images, labels) in FASHION_MNIST_FILES.items():
+    arrays[split] = (read_idx(os.path.join(directory, images))[..., None],
+                     read_idx(os.path.join(directory, labels)))
+  # Same label names (and order) as TFDS's `fashion_mnist`.
+  names = tfds.builder('fashion_mnist').info.features['label'].names
+  return ArraySource('fashion_mnist', arrays, names, image_shape=(28, 28, 1))
+
+
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+class ImageFolderSource(Source):
+  """`{root}/{split}/{class_name}/{file}` as in vit_jax; splits are folders."""
+
+  def __init__(self, root: str):
+    self.name = root
+    self.root = root
+    train_dir = os.path.join(root, 'train')
+    if not os.path.isdir(train_dir):
+      raise DataError(
+          f'Image folder {root} has no train/ subfolder; expected '
+          f'{root}/{{train,test}}/<class_name>/<image files>.')
+    self.class_names = sorted(
+        d for d in os.listdir(train_dir)
+        if os.path.isdir(os.path.join(train_dir, d)))
+    if not self.class_names:
+      raise DataError(f'{train_dir} has no class subfolders.')
+    self.num_classes = len(self.class_names)
+
+  def _files(self, split):
+    split_dir = os.path.join(self.root, split)
+    if not os.path.isdir(split_dir):
+      available = sorted(d for d in os.listdir(self.root)
+                         if os.path.isdir(os.path.join(self.root, d)))
+      raise DataError(f'Unknown split {split!r} of image folder {self.root}; '
+                      f'available splits (subfolders): {available}.')
+    paths, labels = [], []
+    for label, name in enumerate(self.class_names):
+      class_dir = os.path.join(split_dir, name)
+      if not os.path.isdir(class_dir):
+        continue
+      for f in sorted(os.listdir(class_dir)):
+        if f.lower().endswith(_IMAGE_SUFFIXES):
+          paths.append(os.path.join(class_dir, f))
+          labels.append(label)
+    unknown = set(os.listdir(split_dir)) - set(self.class_names)
+    if unknown:
+      raise DataError(f'{split_dir} has classes absent from train/: '
+                      f'{sorted(unknown)}.')
+    return np.array(paths, dtype=object), np.array(labels, np.int64)
+
+  def num_examples(self, split):
+    return len(self._files(split)[1])
+
+  def read(self, split, process_index, process_count, drop_remainder):
+    paths, labels = self._files(split)
+    start, end = _even_part(len(labels), process_index, process_count,
+                            drop_remainder)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'image': paths[start:end].astype(str), 'label': labels[start:end]})
+    return ds, end - start
+
+  def decode(self, image):
+    return tf.io.decode_image(tf.io.read_file(image), channels=3,
+                              expand_animations=False)
+
+
+class TfdsSource(Source):
+  """Any TFDS data set with 'image' and 'label' features."""
+
+  def __init__(self, name, data_dir=None, manual_dir=None):
+    self.name = name
+    try:
+      self.builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise DataError(
+          f'Unknown dataset {name!r}: it is neither a TFDS name (see '
+          'https://www.tensorflow.org/datasets/catalog; e.g. cifar10, '
+          'imagenet2012, fashion_mnist) nor a directory of images '
+          '{train,test}/<class>/<file>.') from e
+    features = self.builder.info.features
+    if 'image' not in features or 'label' not in features:
+      raise DataError(f'TFDS dataset {name} has features {list(features)}; '
+                      "vit_flax needs 'image' and 'label'.")
+    self.class_names = list(features['label'].names)
+    self.num_classes = features['label'].num_classes
+    shape = features['image'].shape
+    self.image_shape = tuple(shape) if None not in shape else None
+    self._image_feature = features['image']
+    self._manual_dir = manual_dir
+    self._prepared = False
+
+  def _prepare(self):
+    if self._prepared:
+      return
+    # Prepared splits (or a mocked builder in tests) need no download.
+    if not self.builder.info.splits and not self.builder.is_prepared():
+      logging.info('Preparing TFDS dataset %s in %s', self.name,
+                   self.builder.data_dir)
+      try:
+        self.builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=self._manual_dir))
+      except Exception as e:  # Network, checksum and manual-file errors.
+        raise DataError(
+            f'Could not download and prepare TFDS dataset {self.name!r} in '
+            f'{self.builder.data_dir} ({type(e).__name__}: {e}). Without a '
+            f'network, prepare it elsewhere (`tfds build {self.name}`) and set '
+            'config.tfds_data_dir to that directory, or set '
+            'config.tfds_manual_dir for data sets downloaded by hand.') from e
+    self._prepared = True
+
+  def _check_split(self, split):
+    splits = self.builder.info.splits
+    if not splits:
+      return  # Mocked data in tests: any split is served.
+    try:
+      splits[split]  # pylint: disable=pointless-statement
+    except (KeyError, ValueError) as e:
+      raise DataError(
+          f'Unknown split {split!r} of dataset {self.name}; available '
+          f'splits: {sorted(splits)}, with TFDS slicing such as '
+          "'train[:90%]'.") from e
+
+  def _dataset(self, split):
+    self._prepare()
+    self._check_split(split)
+    decoders = None
+    if isinstance(self._image_feature, tfds.features.Image):
+      # Decode after shuffling: the shuffle buffer holds encoded images.
+      decoders = {'image': tfds.decode.SkipDecoding()}
+    ds = self.builder.as_dataset(split=split, decoders=decoders,
+                                 shuffle_files=False)
+    return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+
+  def _count(self, split, ds):
+    try:
+      return self.builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+      cardinality = int(ds.cardinality())
+      if cardinality >= 0:
+        return cardinality
+      return int(ds.reduce(0, lambda n, _: n + 1))
+
+  def num_examples(self, split):
+    return self._count(split, self._dataset(split))
+
+  def read(self, split, process_index, process_count, drop_remainder):
+    if process_count > 1:
+      split = tfds.even_splits(split, n=process_count,
+                               drop_remainder=drop_remainder)[process_index]
+    ds = self._dataset(split)
+    return ds, self._count(split, ds)
+
+  def decode(self, image):
+    if image.dtype == tf.string:
+      return self._image_feature.decode_example(image)
+    return image
+
+
+def get_source(dataset: str, data_dir: Optional[str] = None,
+               manual_dir: Optional[str] = None) -> Source:
+  """Resolves `config.dataset`: an image folder, offline data, or TFDS."""
+  if not dataset:
+    raise DataError('config.dataset is empty; give a TFDS name (e.g. '
+                    'cifar10) or a directory of images.')
+  if os.path.isdir(dataset):
+    return ImageFolderSource(dataset)
+  if dataset == 'fashion_mnist':
+    source = TfdsSource(dataset, data_dir, manual_dir)
+    idx_dir = fashion_mnist_idx_dir(manual_dir)
+    if idx_dir and not source.builder.is_prepared():
+      logging.info('fashion_mnist: reading the IDX files in %s', idx_dir)
+      return fashion_mnist_from_idx(idx_dir)
+    return source
+  return TfdsSource(dataset, data_dir, manual_dir)
+
+
+# Preprocessing.
+
+
+def resolve_augment(augment: str, dataset: str,
+                    image_shape: Optional[Tuple[int, int, int]]) -> str:
+  """Picks the augmentation fitting the data when `augment` is 'auto'."""
+  if augment not in AUGMENTATIONS:
+    raise DataError(f'Unknown augmentation {augment!r}; expected one of '
+                    f'{AUGMENTATIONS}.')
+  if augment != 'auto':
+    return augment
+  if dataset.split('/')[0] in _NO_AUGMENT_DATASETS:
+    return 'none'
+  if image_shape is not None and max(image_shape[:2]) <= 64:
+    return 'pad_crop_flip'  # CIFAR-like small images.
+  return 'inception_crop_flip'  # ImageNet-like photos.
+
+
+def _to_rgb_float(image, size):
+  """uint8 (h, w, 1 or 3) -> float32 (size, size, 3) in [-1, 1]."""
+  image = tf.convert_to_tensor(image)
+  if image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  image = tf.cast(image, tf.float32)
+  if image.shape[0] != size or image.shape[1] != size:
+    image = tf.image.resize(image, (size, size))
+  return image / 127.5 - 1.0
+
+
+def preprocess_train(image, seed, size: int, augment: str):
+  """Augments one decoded image with stateless randomness keyed by `seed`."""
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  if augment == 'inception_crop_flip':
+    channels = image.shape[-1]
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=crop_seed,
+        area_range=(0.05, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+        min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    image.set_shape([None, None, channels])
+  image = _to_rgb_float(image, size)
+  if augment in ('pad_crop_flip', 'pad_crop'):
+    pad = max(size // 8, 1)  # 4 px at 32 px, as for CIFAR.
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]],
+                   constant_values=-1.0)
+    image = tf.image.stateless_random_crop(image, (size, size, 3),
+                                           seed=crop_seed)
+  if augment in ('inception_crop_flip', 'pad_crop_flip'):
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  return image
+
+
+def preprocess_eval(image, size: int, crop_fraction: float = 1.0):
+  """Deterministic: resize (and optionally take a central crop)."""
+  if crop_fraction < 1.0:
+    image = _to_rgb_float(image, int(round(size / crop_fraction)))
+    return tf.image.resize_with_crop_or_pad(image, size, size)
+  return _to_rgb_float(image, size)
+
+
+# Resolution curriculum.
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  start_step: int
+  end_step: int
+  image_size: int
+
+
+def curriculum_phases(curriculum: Sequence[Sequence[int]], unit: str,
+                      total_steps: int, final_size: int,
+                      steps_per_epoch: float) -> List[Phase]:
+  """Turns [(start, size), ...] in steps or epochs into step ranges."""
+  if not curriculum:
+    return [Phase(0, total_steps, final_size)]
+  if unit not in ('steps', 'epochs'):
+    raise DataError(f'Unknown curriculum unit {unit!r}; expected steps or '
+                    'epochs.')
+  scale = steps_per_epoch if unit == 'epochs' else 1
+  starts = [int(round(start * scale)) for start, _ in curriculum]
+  sizes = [int(size) for _, size in curriculum]
+  if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+    raise DataError(f'Curriculum {list(curriculum)} must start at 0 and '
+                    'increase strictly.')
+  ends = starts[1:] + [total_steps]
+  return [Phase(s, e, z) for s, e, z in zip(starts, ends, sizes) if s < e]
+
+
+# The pipeline.
+
+
+class Pipeline:
+  """Training and evaluation batches of one process, as numpy dicts."""
+
+  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    self.config = config
+    self.process_index = process_index
+    self.process_count = process_count
+    pp = config.pp
+    self.source = get_source(config.dataset, config.get('tfds_data_dir'),
+                             config.get('tfds_manual_dir'))
+    self.num_classes = self.source.num_classes
+    self.class_names = self.source.class_names
+    self.augment = resolve_augment(pp.get('augment', 'auto'), config.dataset,
+                                   self.source.image_shape)
+    if config.batch % process_count or config.batch_eval % process_count:
+      raise DataError(
+          f'batch={config.batch} and batch_eval={config.batch_eval} must be '
+          f'divisible by the number of processes ({process_count}).')
+    self.local_batch = config.batch // process_count
+    self.local_batch_eval = config.batch_eval // process_count
+    self.train_split, self.eval_split = pp.train, pp.test
+    self._train_ds, self.train_size = self.source.read(
+        self.train_split, process_index, process_count, drop_remainder=True)
+    if self.train_size == 0:
+      raise DataError(f'Split {self.train_split!r} of {config.dataset} has no '
+                      'examples for this process.')
+    self.eval_size = self.source.num_examples(self.eval_split)
+    self.steps_per_epoch = self.train_size / self.local_batch
+    self.image_size = pp.crop
+    self.phases = curriculum_phases(
+        pp.get('curriculum', ()), pp.get('curriculum_unit', 'steps'),
+        config.total_steps, pp.crop, self.steps_per_epoch)
+
+  def image_size_at(self, step: int) -> int:
+    for phase in self.phases:
+      if phase.start_step <= step < phase.end_step:
+        return phase.image_size
+    return self.phases[-1].image_size
+
+  def _examples(self, start: int) -> tf.data.Dataset:
+    """(index, example) of the endless shuffled stream from `start` on."""
+    base = self._train_ds
+    buffer = max(1, min(self.config.shuffle_buffer, self.train_size))
+    seed = self.config.seed * _EPOCH_SEED_STRIDE
+
+    def one_epoch(epoch):
+      return base.shuffle(buffer, seed=seed + epoch,
+                          reshuffle_each_iteration=False)
+
+    first_epoch, offset = divmod(start, self.train_size)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+    return ds.skip(offset).enumerate(start=start)
+
+  def _train_dataset(self, phase: Phase, start_step: int) -> tf.data.Dataset:
+    b = self.local_batch
+    base_seed = tf.constant(
+        [self.config.seed, self.process_index], tf.int64)
+
+    def preprocess(index, example):
+      seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+      image = preprocess_train(self.source.decode(example['image']), seed,
+                               phase.image_size, self.augment)
+      return {'image': image, 'label': example['label']}
+
+    ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def train_batches(self, start_step: int = 0) -> Iterator[Dict[str, Any]]:
+    """Batches for steps start_step, start_step + 1, ... up to total_steps."""
+    for phase in self.phases:
+      if phase.end_step <= start_step:
+        continue
+      logging.info('Train input: steps %d-%d at %dpx.',
+                   max(start_step, phase.start_step), phase.end_step,
+                   phase.image_size)
+      yield from self._train_dataset(
+          phase, max(start_step, phase.start_step)).as_numpy_iterator()
+
+  def num_eval_batches(self) -> int:
+    """Batches per process: enough for the largest process's part."""
+    largest = max(
+        _even_part(self.eval_size, p, self.process_count, False)[1] -
+        _even_part(self.eval_size, p, self.process_count, False)[0]
+        for p in range(self.process_count))
+    return max(1, math.ceil(largest / self.local_batch_eval))
+
+  def eval_batches(self) -> Iterator[Dict[str, Any]]:
+    """The whole eval split exactly once, padded with mask=0 examples."""
+    ds, _ = self.source.read(self.eval_split, self.process_index,
+                             self.process_count, drop_remainder=False)
+    size = self.image_size
+    fraction = self.config.pp.get('eval_crop_fraction', 1.0)
+
+    def preprocess(example):
+      return {'image': preprocess_eval(self.source.decode(example['image']),
+                                       size, fraction),
+              'label': example['label'], 'mask': tf.constant(1.0)}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    padding = tf.data.Dataset.from_tensors({
+        'image': tf.zeros((size, size, 3), tf.float32),
+        'label': tf.constant(0, tf.int64), 'mask': tf.constant(0.0)}).repeat()
+    num_batches = self.num_eval_batches()
+    ds = ds.concatenate(padding).take(num_batches * self.local_batch_eval)
+    ds = ds.batch(self.local_batch_eval).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()

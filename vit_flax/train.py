@@ -1,0 +1,347 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`.
+
+One `jax.jit` train step over a mesh of every device: the batch is sharded
+along the 'data' axis, params and optimizer state are replicated. The host
+never waits on the device between steps; metrics are fetched every
+`progress_every` steps.
+"""
+
+import collections
+import functools
+import itertools
+import os
+import time
+from typing import Any, Dict, Iterator, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+import flax
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vit_flax import checkpoint
+from vit_flax import errors
+from vit_flax import input_pipeline
+from vit_flax import model_configs
+from vit_flax import optim
+
+DATA_AXIS = 'data'
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # Raw uint32 key; dropout keys are folded in from it.
+
+
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over every device of every process, along DATA_AXIS."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int):
+  """Fails fast, before any work, on values that cannot work."""
+  for field in ('dataset', 'total_steps', 'batch', 'batch_eval', 'model'):
+    if config.get(field) is None:
+      raise errors.ConfigError(f'config.{field} must be set.')
+  if config.total_steps <= 0:
+    raise errors.ConfigError(f'total_steps={config.total_steps} must be > 0.')
+  accum = config.get('accum_steps', 1)
+  if accum < 1:
+    raise errors.ConfigError(f'accum_steps={accum} must be >= 1.')
+  if config.batch % (num_devices * accum):
+    raise errors.ConfigError(
+        f'batch={config.batch} must be divisible by the device count '
+        f'({num_devices}) times accum_steps ({accum}); e.g. use batch='
+        f'{max(1, config.batch // (num_devices * accum)) * num_devices * accum}.'
+    )
+  if config.batch_eval % num_devices:
+    raise errors.ConfigError(
+        f'batch_eval={config.batch_eval} must be divisible by the device '
+        f'count ({num_devices}).')
+  if config.get('pretrained_path'):
+    if not epath.Path(config.pretrained_path).exists():
+      raise errors.ConfigError(
+          f'pretrained_path {config.pretrained_path} does not exist; download '
+          'an official checkpoint (e.g. gs://vit_models/imagenet21k/'
+          'ViT-B_16.npz) or fix the path.')
+
+
+def prepare_workdir(workdir: str) -> epath.Path:
+  """Creates `workdir` and checks it is a writable directory."""
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise errors.ConfigError(f'workdir {workdir} is a file; give a directory.')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_probe_{jax.process_index()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise errors.ConfigError(
+        f'workdir {workdir} is not writable ({e}); choose a directory you '
+        'can write to or fix its permissions.') from e
+  return path
+
+
+def check_image_sizes(model, sizes, num_channels: int = 3):
+  """Traces the model at each size (no compute) to catch shape errors now."""
+  for size in sorted(set(sizes)):
+    jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+        jax.ShapeDtypeStruct((1, size, size, num_channels), jnp.float32))
+
+
+def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def create_train_state(model, tx, config, image_size: int, mesh: Mesh,
+                       init_params=None) -> TrainState:
+  """Initialises (or places `init_params`) replicated on the mesh."""
+  replicated = NamedSharding(mesh, P())
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init(params):
+    if params is None:
+      params = model.init(init_rng, jnp.zeros((1, image_size, image_size, 3)),
+                          train=False)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=tx.init(params), rng=dropout_rng)
+
+  return init(init_params)
+
+
+def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh):
+  """The jitted step: (state, batch) -> (state, metrics); state donated."""
+  accum_steps = config.get('accum_steps', 1)
+  label_smoothing = config.get('label_smoothing', 0.0)
+  replicated = NamedSharding(mesh, P())
+  micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+
+  def loss_fn(params, images, labels, rng):
+    logits = model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': rng})
+    loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, accuracy
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def microbatches(x):
+    # Microbatch i takes rows i, i + A, i + 2A, ...: each device's rows stay
+    # on that device, so splitting the batch moves no data.
+    x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+    return jax.lax.with_sharding_constraint(jnp.swapaxes(x, 0, 1),
+                                            micro_sharding)
+
+  def compute_grads(params, images, labels, rng):
+    if accum_steps == 1:
+      (loss, accuracy), grads = grad_fn(params, images, labels, rng)
+      return loss, accuracy, grads
+
+    def accumulate(total, inputs):
+      index, micro_images, micro_labels = inputs
+      (loss, accuracy), grads = grad_fn(params, micro_images, micro_labels,
+                                        jax.random.fold_in(rng, index))
+      return jax.tree.map(jnp.add, total, (loss, accuracy, grads)), None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()),
+             jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(
+        accumulate, zeros,
+        (jnp.arange(accum_steps), microbatches(images), microbatches(labels)))
+    return jax.tree.map(lambda x: x / accum_steps, total)
+
+  def train_step(state: TrainState, batch):
+    # Runs once per input shape: one compilation per curriculum image size.
+    logging.info('Compiling the train step for images of shape %s.',
+                 batch['image'].shape)
+    # One key per step; under jit it is split over the devices' shards of
+    # the batch, so every device (and example) gets its own dropout mask.
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss, accuracy, grads = compute_grads(state.params, batch['image'],
+                                          batch['label'], rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'accuracy': accuracy,
+               'grad_norm': optax.global_norm(grads),
+               'learning_rate': schedule(state.step)}
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(train_step, out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+def make_eval_step(model, num_classes, mesh: Mesh):
+  """Jitted: (params, batch) -> sums of loss, correct and mask."""
+  replicated = NamedSharding(mesh, P())
+
+  def eval_step(params, batch):
+    logits = model.apply({'params': params}, batch['image'], train=False)
+    mask = batch['mask']
+    loss = cross_entropy(logits, batch['label'], num_classes)
+    correct = jnp.argmax(logits, -1) == batch['label']
+    return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+            'count': jnp.sum(mask)}
+
+  return jax.jit(eval_step, out_shardings=replicated)
+
+
+def to_global(batch: Dict[str, np.ndarray], sharding) -> Dict[str, jax.Array]:
+  """This process's part of a batch -> one array sharded over all devices."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def prefetch_to_mesh(batches: Iterator[Dict[str, np.ndarray]], size: int,
+                     sharding) -> Iterator[Dict[str, jax.Array]]:
+  """Keeps `size` batches in flight to the devices (transfers are async)."""
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(batches, n):
+      queue.append(to_global(batch, sharding))
+
+  enqueue(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def evaluate(eval_step, params, pipeline, sharding) -> Dict[str, float]:
+  """Loss and accuracy over the whole eval split, each example once."""
+  totals = None
+  for batch in prefetch_to_mesh(pipeline.eval_batches(), 2, sharding):
+    sums = eval_step(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'eval_loss': float(totals['loss']) / count,
+          'eval_accuracy': float(totals['correct']) / count,
+          'eval_count': int(count)}
+
+
+def hparams_of(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The config flattened to scalars, for TensorBoard's hparams tab."""
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+          for k, v in flat.items()}
+
+
+def format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains (from scratch or `pretrained_path`) and evaluates; returns the state."""
+  num_devices = jax.device_count()
+  validate_config(config, num_devices)
+  workdir = prepare_workdir(workdir)
+  mesh = create_mesh()
+  data_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  pipeline = input_pipeline.Pipeline(config, jax.process_index(),
+                                     jax.process_count())
+  num_classes = pipeline.num_classes
+  model = model_configs.create_model(config.get('model_type', 'vit'),
+                                     config.model, num_classes)
+  check_image_sizes(model, [pipeline.image_size] +
+                    [phase.image_size for phase in pipeline.phases])
+
+  schedule = optim.create_learning_rate_schedule(
+      config.total_steps, config.base_lr, config.decay_type,
+      config.warmup_steps)
+  tx = optim.create_optimizer(config, schedule)
+
+  init_params = None
+  if config.get('pretrained_path'):
+    # The fresh params give the target shapes and the new head.
+    fresh = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(config.seed),
+        jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
+    init_params = checkpoint.load_pretrained(
+        pretrained_path=config.pretrained_path,
+        init_params=jax.device_get(fresh), model_config=config.model)
+    logging.info('Fine-tuning from %s.', config.pretrained_path)
+  state = create_train_state(model, tx, config, pipeline.image_size, mesh,
+                             init_params)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model %s: %.2fM parameters; %d classes; %d devices.',
+               config.model.get('model_name'), num_params / 1e6, num_classes,
+               num_devices)
+
+  train_step = make_train_step(model, tx, schedule, config, num_classes, mesh)
+  eval_step = make_eval_step(model, num_classes, mesh)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  start_step = 0
+  if start_step == 0:
+    writer.write_hparams(hparams_of(config))
+
+  total_steps = config.total_steps
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer)
+  hooks = [report_progress]
+  if config.get('profile') and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+
+  batches = prefetch_to_mesh(pipeline.train_batches(start_step),
+                             config.prefetch, data_sharding)
+  pending, window_start = [], time.time()
+  step = start_step
+  for step in range(start_step + 1, total_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = next(batches)
+      state, metrics = train_step(state, batch)
+    pending.append(metrics)
+    for hook in hooks:
+      hook(step)
+
+    if step % config.progress_every == 0 or step == total_steps:
+      fetched = jax.device_get(pending)
+      summary = {k: float(np.mean([m[k] for m in fetched]))
+                 for k in fetched[0]}
+      elapsed = time.time() - window_start
+      summary['img_per_sec_per_device'] = (
+          len(pending) * config.batch / elapsed / num_devices)
+      summary['image_size'] = pipeline.image_size_at(step - 1)
+      writer.write_scalars(step, summary)
+      eta = (total_steps - step) * elapsed / len(pending)
+      logging.info(
+          'step %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.0f img/s, '
+          'ETA %s', step, total_steps, summary['loss'], summary['accuracy'],
+          summary['learning_rate'],
+          summary['img_per_sec_per_device'] * num_devices,
+          format_duration(eta))
+      pending, window_start = [], time.time()
+
+    if step % config.eval_every == 0 or step == total_steps:
+      results = evaluate(eval_step, state.params, pipeline, data_sharding)
+      writer.write_scalars(step, results)
+      logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d '
+                   'examples', step, results['eval_loss'],
+                   results['eval_accuracy'], results['eval_count'])
+      window_start = time.time()  # Evaluation is not train time.
+  writer.flush()
+  return state
