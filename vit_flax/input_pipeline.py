@@ -422,13 +422,15 @@ def curriculum_phases(curriculum: Sequence[Sequence[int]], unit: str,
 class Pipeline:
   """Training and evaluation batches of one process, as numpy dicts."""
 
-  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+  def __init__(self, config, process_index: int = 0, process_count: int = 1,
+               source: Optional[Source] = None):
     self.config = config
     self.process_index = process_index
     self.process_count = process_count
     pp = config.pp
-    self.source = get_source(config.dataset, config.get('tfds_data_dir'),
-                             config.get('tfds_manual_dir'))
+    self.source = source or get_source(config.dataset,
+                                       config.get('tfds_data_dir'),
+                                       config.get('tfds_manual_dir'))
     self.num_classes = self.source.num_classes
     self.class_names = self.source.class_names
     self.augment = resolve_augment(pp.get('augment', 'auto'), config.dataset,

@@ -1,0 +1,245 @@
+"""Tests of vit_flax.input_pipeline on mock TFDS data and data the tests write."""
+
+import gzip
+import os
+
+from configs import common
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_flax import input_pipeline
+
+
+def data_config(dataset='cifar10', **pp):
+  config = common.get_config()
+  config.dataset = dataset
+  config.batch = 8
+  config.batch_eval = 6
+  config.total_steps = 6
+  config.shuffle_buffer = 100
+  config.pp.crop = 32
+  config.pp.update(pp)
+  return config
+
+
+def stack(batches):
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_batches_are_a_function_of_seed_and_step():
+  with tfds.testing.mock_data(num_examples=20):
+    pipeline = input_pipeline.Pipeline(data_config())
+    first = list(pipeline.train_batches(0))
+    again = list(input_pipeline.Pipeline(data_config()).train_batches(0))
+    resumed = list(pipeline.train_batches(4))
+  assert len(first) == 6 and len(resumed) == 2
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  for a, b in zip(first[4:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  images = stack(first)['image']
+  assert images.shape == (48, 32, 32, 3) and images.dtype == np.float32
+  assert images.min() >= -1.0 and images.max() <= 1.0
+
+
+def test_each_epoch_is_a_new_permutation_of_the_split():
+  images = np.arange(16, dtype=np.uint8).reshape(16, 1, 1, 1) * np.ones(
+      (1, 4, 4, 1), np.uint8)
+  source = input_pipeline.ArraySource(
+      'toy', {'train': (images, np.arange(16)), 'test': (images, np.arange(16))},
+      class_names=[str(i) for i in range(16)])
+  config = data_config(crop=4, augment='none')
+  config.batch, config.total_steps = 4, 8  # two epochs
+  pipeline = input_pipeline.Pipeline(config, source=source)
+  labels = stack(list(pipeline.train_batches(0)))['label']
+  assert sorted(labels[:16]) == list(range(16))
+  assert sorted(labels[16:]) == list(range(16))
+  assert list(labels[:16]) != list(labels[16:])
+
+
+def test_processes_read_disjoint_parts():
+  images = np.zeros((10, 2, 2, 1), np.uint8)
+  source = input_pipeline.ArraySource(
+      'toy', {'train': (images, np.arange(10)), 'test': (images, np.arange(10))},
+      class_names=list('abcdefghij'))
+  seen_train, seen_test = [], []
+  for index in range(3):
+    train_ds, train_n = source.read('train', index, 3, drop_remainder=True)
+    test_ds, test_n = source.read('test', index, 3, drop_remainder=False)
+    assert train_n == 3
+    seen_train += [int(x['label']) for x in train_ds]
+    seen_test += [int(x['label']) for x in test_ds]
+  assert len(set(seen_train)) == 9  # one example dropped, none repeated
+  assert sorted(seen_test) == list(range(10))  # eval: all, exactly once
+
+
+def test_eval_covers_the_split_exactly_once_with_padding():
+  with tfds.testing.mock_data(num_examples=20):
+    pipeline = input_pipeline.Pipeline(data_config())
+    batches = list(pipeline.eval_batches())
+  assert len(batches) == pipeline.num_eval_batches() == 4  # ceil(20 / 6)
+  masks = stack(batches)['mask']
+  assert masks.sum() == pipeline.eval_size == 20
+  assert list(masks[20:]) == [0.0] * 4
+
+
+def test_curriculum_switches_sizes_at_the_given_steps():
+  with tfds.testing.mock_data(num_examples=20):
+    pipeline = input_pipeline.Pipeline(
+        data_config(curriculum=((0, 16), (2, 24), (5, 32))))
+    sizes = [b['image'].shape[1] for b in pipeline.train_batches(0)]
+    resumed = [b['image'].shape[1] for b in pipeline.train_batches(3)]
+  assert sizes == [16, 16, 24, 24, 24, 32]
+  assert resumed == [24, 24, 32]
+  assert [pipeline.image_size_at(s) for s in range(6)] == sizes
+
+
+def test_curriculum_in_epochs():
+  phases = input_pipeline.curriculum_phases(
+      ((0, 32), (2, 64)), 'epochs', total_steps=100, final_size=64,
+      steps_per_epoch=10.5)
+  assert phases == [input_pipeline.Phase(0, 21, 32),
+                    input_pipeline.Phase(21, 100, 64)]
+
+
+@pytest.mark.parametrize('curriculum', [((1, 16),), ((0, 16), (0, 32))])
+def test_bad_curriculum_is_a_clear_error(curriculum):
+  with pytest.raises(input_pipeline.DataError, match='must start at 0'):
+    input_pipeline.curriculum_phases(curriculum, 'steps', 10, 32, 1.0)
+
+
+@pytest.mark.parametrize('dataset,shape,expected', [
+    ('mnist', (28, 28, 1), 'none'),
+    ('cifar10', (32, 32, 3), 'pad_crop_flip'),
+    ('imagenet2012', None, 'inception_crop_flip'),
+])
+def test_auto_augmentation_fits_the_data(dataset, shape, expected):
+  assert input_pipeline.resolve_augment('auto', dataset, shape) == expected
+
+
+def test_augmentations_keep_shape_and_range():
+  image = tf.constant(np.random.RandomState(0).randint(
+      0, 256, (40, 50, 1)).astype(np.uint8))
+  seed = tf.constant([1, 2], tf.int64)
+  for augment in ('inception_crop_flip', 'pad_crop_flip', 'pad_crop', 'none'):
+    out = input_pipeline.preprocess_train(image, seed, 24, augment).numpy()
+    assert out.shape == (24, 24, 3), augment
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    again = input_pipeline.preprocess_train(image, seed, 24, augment).numpy()
+    np.testing.assert_array_equal(out, again)  # stateless: same seed, same out
+  # Grayscale becomes three equal channels.
+  assert np.all(out[..., 0] == out[..., 2])
+
+
+def test_eval_central_crop():
+  image = tf.zeros((64, 64, 3), tf.uint8)
+  assert input_pipeline.preprocess_eval(image, 32, 0.875).shape == (32, 32, 3)
+
+
+# Offline Fashion-MNIST.
+
+
+def test_fashion_mnist_offline_matches_tfds_format():
+  config = data_config('fashion_mnist', crop=28)
+  pipeline = input_pipeline.Pipeline(config)
+  assert isinstance(pipeline.source, input_pipeline.ArraySource)
+  assert (pipeline.train_size, pipeline.eval_size) == (60_000, 10_000)
+  with tfds.testing.mock_data(num_examples=4):
+    builder = tfds.builder('fashion_mnist')
+    spec = builder.as_dataset(split='train').element_spec
+  assert pipeline.class_names == builder.info.features['label'].names
+  assert pipeline.num_classes == 10
+  ds, _ = pipeline.source.read('test', 0, 1, drop_remainder=False)
+  example = next(iter(ds))
+  assert example['image'].shape == spec['image'].shape == (28, 28, 1)
+  assert example['image'].dtype == spec['image'].dtype == tf.uint8
+  assert example['label'].dtype == spec['label'].dtype == tf.int64
+  labels = np.array([int(e['label']) for e in ds])
+  assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_round_trip_and_corrupt_file(tmp_path):
+  array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+  write_idx(tmp_path / 'ok.gz', array)
+  np.testing.assert_array_equal(
+      input_pipeline.read_idx(str(tmp_path / 'ok.gz')), array)
+  with gzip.open(tmp_path / 'cut.gz', 'wb') as f:
+    f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, 'big') + b'\x00' * 10)
+  with pytest.raises(input_pipeline.DataError, match='truncated'):
+    input_pipeline.read_idx(str(tmp_path / 'cut.gz'))
+
+
+def test_fashion_mnist_from_a_manual_dir(tmp_path):
+  for split, (images, labels) in input_pipeline.FASHION_MNIST_FILES.items():
+    n = 6 if split == 'train' else 4
+    write_idx(tmp_path / images, np.full((n, 28, 28), 7))
+    write_idx(tmp_path / labels, np.arange(n) % 10)
+  source = input_pipeline.get_source('fashion_mnist',
+                                     manual_dir=str(tmp_path))
+  assert source.num_examples('train') == 6
+  assert source.num_examples('test') == 4
+  assert source.num_examples('train[:50%]') == 3
+
+
+# Image folders and bad input.
+
+
+def write_folder(root, classes=('cat', 'dog'), per_class=3):
+  for split in ('train', 'test'):
+    for i, name in enumerate(classes):
+      os.makedirs(root / split / name)
+      for j in range(per_class):
+        pixels = np.full((20, 30, 3), 40 * i + j, np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{j}.png')
+
+
+def test_image_folder_dataset(tmp_path):
+  write_folder(tmp_path)
+  config = data_config(str(tmp_path), crop=16)
+  config.batch, config.batch_eval, config.total_steps = 2, 4, 3
+  pipeline = input_pipeline.Pipeline(config)
+  assert pipeline.class_names == ['cat', 'dog']
+  assert (pipeline.train_size, pipeline.eval_size) == (6, 6)
+  assert pipeline.augment == 'inception_crop_flip'  # sizes unknown upfront
+  batch = next(pipeline.train_batches(0))
+  assert batch['image'].shape == (2, 16, 16, 3)
+  evaluated = stack(list(pipeline.eval_batches()))
+  assert evaluated['mask'].sum() == 6
+  assert sorted(evaluated['label'][evaluated['mask'] > 0]) == [0] * 3 + [1] * 3
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(input_pipeline.DataError, match='no train/ subfolder'):
+    input_pipeline.get_source(str(tmp_path))
+  write_folder(tmp_path / 'data')
+  source = input_pipeline.get_source(str(tmp_path / 'data'))
+  with pytest.raises(input_pipeline.DataError, match="Unknown split 'val'"):
+    source.num_examples('val')
+
+
+def test_unknown_dataset_is_a_clear_error():
+  with pytest.raises(input_pipeline.DataError,
+                     match="Unknown dataset 'cifar11'.*TFDS name"):
+    input_pipeline.get_source('cifar11')
+
+
+def test_unknown_split_is_a_clear_error():
+  with pytest.raises(input_pipeline.DataError,
+                     match="Unknown split 'valid'.*'test', 'train'"):
+    input_pipeline.Pipeline(data_config('fashion_mnist', test='valid'))
+
+
+def test_unknown_augmentation_is_a_clear_error():
+  with pytest.raises(input_pipeline.DataError, match="augmentation 'big'"):
+    input_pipeline.resolve_augment('big', 'cifar10', None)

@@ -1,0 +1,235 @@
+"""Tests of vit_flax.train on mock TFDS data: steps, devices, curricula, errors."""
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+
+from configs import common
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from helpers import read_scalars
+from helpers import tiny_model_config
+from vit_flax import checkpoint
+from vit_flax import errors
+from vit_flax import input_pipeline
+from vit_flax import model_configs
+from vit_flax import optim
+from vit_flax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """A run of a few steps of a tiny ViT on 16px mock CIFAR-10."""
+  config = common.get_config()
+  config.dataset = 'cifar10'
+  config.pp.crop = 16
+  config.model = tiny_model_config()
+  config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
+  config.base_lr = 1e-2
+  config.batch = 8
+  config.batch_eval = 8
+  config.total_steps = 6
+  config.warmup_steps = 1
+  config.eval_every = 6
+  config.progress_every = 1
+  config.shuffle_buffer = 32
+  config.update(overrides)
+  return config
+
+
+def run(config, workdir, num_examples=20):
+  with tfds.testing.mock_data(num_examples=num_examples):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+  # Mock labels are random: the model can only memorise 8 examples.
+  config = tiny_config(total_steps=30, batch=8, eval_every=30,
+                       progress_every=5, pp=dict(augment='none'))
+  run(config, tmp_path, num_examples=8)
+  losses = read_scalars(tmp_path)['loss']
+  assert losses[30] < 0.5 * losses[5]
+
+
+def test_eval_counts_every_example_once(tmp_path):
+  run(tiny_config(batch_eval=8), tmp_path, num_examples=21)
+  scalars = read_scalars(tmp_path)
+  assert scalars['eval_count'][6] == 21  # 3 batches of 8, 3 padded
+  assert 0.0 <= scalars['eval_accuracy'][6] <= 1.0
+
+
+def test_metrics_are_written(tmp_path):
+  run(tiny_config(progress_every=3), tmp_path)
+  scalars = read_scalars(tmp_path)
+  for tag in ('loss', 'accuracy', 'learning_rate', 'grad_norm',
+              'img_per_sec_per_device', 'image_size', 'eval_loss',
+              'eval_accuracy'):
+    assert sorted(scalars[tag]) == ([3, 6] if 'eval' not in tag else [6]), tag
+  assert scalars['image_size'][3] == 16
+
+
+def build_step(config, num_classes=10):
+  mesh = train.create_mesh()
+  model = model_configs.create_model('vit', config.model, num_classes)
+  schedule = optim.create_learning_rate_schedule(
+      config.total_steps, config.base_lr, config.decay_type,
+      config.warmup_steps)
+  tx = optim.create_optimizer(config, schedule)
+  state = train.create_train_state(model, tx, config, config.pp.crop, mesh)
+  step = train.make_train_step(model, tx, schedule, config, num_classes, mesh)
+  return state, step
+
+
+def test_accumulated_gradients_equal_the_large_batch_step():
+  rng = np.random.RandomState(0)
+  batch = {'image': rng.randn(16, 16, 16, 3).astype(np.float32),
+           'label': rng.randint(0, 10, 16)}
+  results = []
+  for accum_steps in (1, 4):
+    config = tiny_config(batch=16, accum_steps=accum_steps)
+    state, step = build_step(config)
+    state, metrics = step(state, jax.device_put(batch))
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (params_1, metrics_1), (params_4, metrics_4) = results
+  np.testing.assert_allclose(metrics_4['loss'], metrics_1['loss'], rtol=1e-5)
+  np.testing.assert_allclose(metrics_4['grad_norm'], metrics_1['grad_norm'],
+                             rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_4)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+MULTI_DEVICE_SCRIPT = """
+import os, sys
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=%d'
+sys.path[:0] = [%r, %r]
+import jax, tensorflow_datasets as tfds
+import test_train
+from vit_flax import checkpoint, train
+config = test_train.tiny_config(optimizer='sgd', base_lr=0.1, batch=8,
+                                total_steps=5, optim_dtype='float32')
+config.model.transformer.dropout_rate = 0.1  # Dropout masks must agree too.
+with tfds.testing.mock_data(num_examples=24):
+  state = train.train_and_evaluate(config, %r)
+assert jax.device_count() == %d
+checkpoint.save(jax.device_get(state.params), %r)
+"""
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device(tmp_path):
+  params = {}
+  for devices in (1, 4):
+    out = tmp_path / f'{devices}.npz'
+    script = MULTI_DEVICE_SCRIPT % (
+        devices, REPO, os.path.join(REPO, 'tests'),
+        str(tmp_path / f'run{devices}'), devices, str(out))
+    subprocess.run([sys.executable, '-c', script], check=True,
+                   capture_output=True, cwd=REPO)
+    params[devices] = flax.traverse_util.flatten_dict(checkpoint.load(out))
+  for key, value in params[1].items():
+    np.testing.assert_allclose(params[4][key], value, rtol=1e-5, atol=1e-6,
+                               err_msg=str(key))
+  # Training moved them: the comparison is not between two inits.
+  state, _ = build_step(tiny_config())
+  init = flax.traverse_util.flatten_dict(jax.device_get(state.params))
+  assert max(float(np.abs(params[1][k] - v).max())
+             for k, v in init.items()) > 1e-3
+
+
+def test_curriculum_switches_sizes_and_compiles_once_per_size(tmp_path,
+                                                              caplog):
+  config = tiny_config(total_steps=6, eval_every=3)
+  config.pp.curriculum = ((0, 8), (3, 12))
+  with caplog.at_level(logging.INFO):
+    run(config, tmp_path)
+  compiles = [r.getMessage() for r in caplog.records
+              if 'Compiling the train step' in r.getMessage()]
+  assert compiles == [
+      'Compiling the train step for images of shape (8, 8, 8, 3).',
+      'Compiling the train step for images of shape (8, 12, 12, 3).']
+  sizes = read_scalars(tmp_path)['image_size']
+  assert [sizes[s] for s in range(1, 7)] == [8, 8, 8, 12, 12, 12]
+  # Evaluation runs at the final size (pp.crop) with the same params.
+  assert read_scalars(tmp_path)['eval_count'][3] == 20
+
+
+def test_fine_tuning_starts_from_the_npz_weights(tmp_path):
+  config = tiny_config(base_lr=0.0, total_steps=2, eval_every=2)
+  model = model_configs.create_model('vit', config.model, 7)
+  pretrained = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(42), jnp.zeros((1, 16, 16, 3)))['params']
+  pretrained = jax.tree.map(lambda x: x + 0.5, jax.device_get(pretrained))
+  checkpoint.save(pretrained, tmp_path / 'pretrained.npz')
+  config.pretrained_path = str(tmp_path / 'pretrained.npz')
+  state = run(config, tmp_path / 'run')
+  got = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep='/')
+  want = flax.traverse_util.flatten_dict(pretrained, sep='/')
+  for key, value in got.items():
+    if key.startswith('head/'):
+      assert value.shape[-1] == 10 and not np.any(value)  # new, zero head
+    else:
+      np.testing.assert_array_equal(value, want[key], err_msg=key)
+
+
+# Bad input: each a clear error before any work.
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'batch': 6, 'accum_steps': 4}, 'batch=6 must be divisible'),
+    ({'optimizer': 'lamb'}, "Unknown optimizer 'lamb'"),
+    ({'decay_type': 'step'}, "Unknown decay_type 'step'"),
+    ({'pp': {'crop': 18}}, r'Patch size \(4, 4\) does not divide'),
+    ({'pp': {'curriculum': ((0, 10), (2, 16))}},
+     r'Patch size \(4, 4\) does not divide the input grid \(10, 10\)'),
+    ({'pretrained_path': '/no/such/ViT-B_16.npz'},
+     'pretrained_path /no/such/ViT-B_16.npz does not exist'),
+    ({'model_type': 'vgg'}, "Unknown model_type 'vgg'"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
+  config = tiny_config()
+  config.update(overrides)
+  with pytest.raises(errors.UserError, match=message):
+    run(config, tmp_path)
+
+
+def test_batch_not_divisible_by_device_count():
+  with pytest.raises(errors.ConfigError,
+                     match=r'batch=6 must be divisible by the device count '
+                     r'\(4\)'):
+    train.validate_config(tiny_config(batch=6), num_devices=4)
+
+
+def test_unknown_dataset_and_split(tmp_path):
+  with pytest.raises(input_pipeline.DataError, match="Unknown dataset 'nope'"):
+    train.train_and_evaluate(tiny_config(dataset='nope'), str(tmp_path))
+  with pytest.raises(input_pipeline.DataError, match="Unknown split 'dev'"):
+    train.train_and_evaluate(
+        tiny_config(dataset='fashion_mnist', pp={'test': 'dev', 'crop': 28}),
+        str(tmp_path))
+
+
+def test_workdir_that_is_a_file_or_under_one(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(errors.ConfigError, match='is a file'):
+    train.prepare_workdir(str(tmp_path / 'file'))
+  with pytest.raises(errors.ConfigError, match='is not writable'):
+    train.prepare_workdir(str(tmp_path / 'file' / 'run'))
+
+
+def test_main_exits_non_zero_with_the_message_alone(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path}', '--config.optimizer=lamb'],
+      capture_output=True, text=True, cwd=REPO)
+  assert result.returncode != 0
+  assert "Error: Unknown optimizer 'lamb'" in result.stderr
+  assert 'Traceback' not in result.stderr
