@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every = 1000  # Evaluate every so many steps (and at the end).
   config.progress_every = 100  # Log and write train metrics this often.
   config.checkpoint_every = 1000  # Checkpoint every so many steps (0: off).
+  config.checkpoint_every_minutes = 10.0  # Also checkpoint this often (0: off).
+  config.keep_checkpoints = 3  # Latest checkpoints kept (plus the best).
   config.seed = 0  # Seed of init, dropout, shuffling and augmentation.
   config.profile = False  # Write a profiler trace of a few steps to workdir.
   return config

@@ -1,10 +1,10 @@
 """Shared helpers for the tests: tiny configs, reading what a run wrote."""
 
-import glob
+import gzip
 import os
 
 import ml_collections
-import tensorflow as tf
+import numpy as np
 
 
 def tiny_model_config(classifier='token', hidden_size=16, num_layers=2,
@@ -30,15 +30,32 @@ def tiny_model_config(classifier='token', hidden_size=16, num_layers=2,
 
 def read_scalars(workdir) -> dict:
   """{tag: {step: value}} of the TensorBoard scalars written in `workdir`."""
-  scalars = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.HasField('tensor') and not value.tensor.tensor_shape.dim:
-          number = float(tf.make_ndarray(value.tensor))
-        elif value.HasField('simple_value'):
-          number = value.simple_value
-        else:
-          continue
-        scalars.setdefault(value.tag, {})[event.step] = number
-  return scalars
+  from vit_flax import metrics  # pylint: disable=g-import-not-at-top
+  return {tag: dict(points)
+          for tag, points in metrics.read_scalars(workdir).items()}
+
+
+def write_idx(path, array) -> None:
+  """Writes a gzipped IDX file, the format of (Fashion-)MNIST."""
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + np.asarray(array, np.uint8).tobytes())
+
+
+def write_fashion_mnist(directory, num_train, num_test, seed=0) -> None:
+  """A small random Fashion-MNIST (the four IDX files), if not there yet."""
+  from vit_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  os.makedirs(directory, exist_ok=True)
+  for split, n in (('train', num_train), ('test', num_test)):
+    images_file, labels_file = input_pipeline.FASHION_MNIST_FILES[split]
+    labels = np.arange(n) % 10
+    # Learnable: each class has its own mean brightness.
+    images = np.clip(rng.randn(n, 28, 28) * 20 + labels[:, None, None] * 20
+                     + 30, 0, 255)
+    for name, array in ((images_file, images), (labels_file, labels)):
+      path = os.path.join(directory, name)
+      if not os.path.exists(path):
+        write_idx(path + '.tmp', array)
+        os.replace(path + '.tmp', path)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from helpers import write_idx
 from vit_flax import input_pipeline
 
 
@@ -160,13 +161,6 @@ def test_fashion_mnist_offline_matches_tfds_format():
   assert example['label'].dtype == spec['label'].dtype == tf.int64
   labels = np.array([int(e['label']) for e in ds])
   assert np.bincount(labels).tolist() == [1000] * 10
-
-
-def write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + b''.join(
-      d.to_bytes(4, 'big') for d in array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_read_idx_round_trip_and_corrupt_file(tmp_path):

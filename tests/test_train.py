@@ -42,6 +42,10 @@ def tiny_config(**overrides):
   config.eval_every = 6
   config.progress_every = 1
   config.shuffle_buffer = 32
+  # Off: tfds.testing.mock_data patches epath process-wide while it builds
+  # datasets, which breaks orbax's background saves (tests/tiny_run.py and
+  # test_checkpointing.py cover checkpoints on real files).
+  config.checkpoint_every = 0
   config.update(overrides)
   return config
 

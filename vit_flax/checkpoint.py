@@ -30,7 +30,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
   """No file at the checkpoint path."""
 
 
-def _flatten(params: Mapping[str, Any]) -> Dict[str, Any]:
+def flatten(params: Mapping[str, Any]) -> Dict[str, Any]:
+  """{'a/b/kernel': array} from a nested params dict."""
   return flax.traverse_util.flatten_dict(
       flax.core.unfreeze(params), sep='/')
 
@@ -70,7 +71,7 @@ def save(params: Mapping[str, Any], path) -> None:
   """
   path = epath.Path(path)
   flat = {}
-  for key, value in _flatten(jax.device_get(params)).items():
+  for key, value in flatten(jax.device_get(params)).items():
     value = np.asarray(value)
     if value.dtype.kind == 'V' or value.dtype.name == 'bfloat16':
       value = value.astype(np.float32)  # .npz has no bfloat16.
@@ -87,8 +88,8 @@ def inspect_params(*, params: Params, expected: Params,
                    fail_if_extra: bool = True,
                    fail_if_missing: bool = True) -> Params:
   """Logs (or raises on) keys of `params` missing from or extra to `expected`."""
-  params_flat = _flatten(params)
-  expected_flat = _flatten(expected)
+  params_flat = flatten(params)
+  expected_flat = flatten(expected)
   missing = sorted(set(expected_flat) - set(params_flat))
   extra = sorted(set(params_flat) - set(expected_flat))
   # Empty dicts stand for modules without params (e.g. an identity pre_logits).
@@ -167,7 +168,8 @@ def _fix_groupnorm(flat: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def load_pretrained(*, pretrained_path, init_params: Params,
-                    model_config: Mapping[str, Any]) -> Params:
+                    model_config: Mapping[str, Any],
+                    keep_head: bool = False) -> Params:
   """Loads a pre-trained checkpoint for fine-tuning, as vit_jax does.
 
   Args:
@@ -175,14 +177,16 @@ def load_pretrained(*, pretrained_path, init_params: Params,
     init_params: freshly initialised params of the model to fine-tune; they
       give the target shapes and the new head.
     model_config: the model config (`representation_size`, `classifier`).
+    keep_head: keep the checkpoint's head when its shape fits (same classes),
+      instead of the official reset; for exported models of the same task.
 
   Returns:
     Params with the structure, shapes and dtypes of `init_params`: the head is
     reset for the new class count, `pre_logits` kept or dropped by
     `representation_size`, and position embeddings resized to the new grid.
   """
-  restored = _fix_groupnorm(_flatten(load(pretrained_path)))
-  init_flat = _flatten(init_params)
+  restored = _fix_groupnorm(flatten(load(pretrained_path)))
+  init_flat = flatten(init_params)
 
   if model_config.get('representation_size') is None:
     dropped = [k for k in restored if k.startswith('pre_logits/')]
@@ -191,7 +195,8 @@ def load_pretrained(*, pretrained_path, init_params: Params,
     for k in dropped:
       del restored[k]
   for k, v in init_flat.items():
-    if k.startswith('head/'):
+    if k.startswith('head/') and not (
+        keep_head and np.shape(restored.get(k)) == np.shape(v)):
       restored[k] = v  # New task, new head.
     elif k.startswith('pre_logits/') and k not in restored:
       logging.info('load_pretrained: %s not in checkpoint, kept fresh.', k)
@@ -223,7 +228,7 @@ def load_params(path, init_params: Optional[Params] = None) -> Params:
   params = load(path)
   if init_params is not None:
     inspect_params(params=params, expected=init_params)
-    _check_shapes(_flatten(params), _flatten(init_params), path)
+    _check_shapes(flatten(params), flatten(init_params), path)
   return params
 
 

@@ -14,7 +14,6 @@ import time
 from typing import Any, Dict, Iterator, Optional
 
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
 import flax
@@ -26,8 +25,10 @@ import numpy as np
 import optax
 
 from vit_flax import checkpoint
+from vit_flax import checkpointing
 from vit_flax import errors
 from vit_flax import input_pipeline
+from vit_flax import metrics
 from vit_flax import model_configs
 from vit_flax import optim
 
@@ -253,7 +254,10 @@ def format_duration(seconds: float) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
-  """Trains (from scratch or `pretrained_path`) and evaluates; returns the state."""
+  """Trains and evaluates, resuming from `workdir` if it has a checkpoint.
+
+  Returns the final train state (or the state where a preemption stopped).
+  """
   num_devices = jax.device_count()
   validate_config(config, num_devices)
   workdir = prepare_workdir(workdir)
@@ -273,8 +277,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.warmup_steps)
   tx = optim.create_optimizer(config, schedule)
 
+  checkpointing_on = bool(config.checkpoint_every)
+  checkpointer = None
+  if checkpointing_on:
+    checkpointer = checkpointing.Checkpointer(
+        workdir, keep=config.get('keep_checkpoints', 3))
+  resuming = checkpointer is not None and checkpointer.latest_step()
+
   init_params = None
-  if config.get('pretrained_path'):
+  if config.get('pretrained_path') and not resuming:
     # The fresh params give the target shapes and the new head.
     fresh = jax.jit(functools.partial(model.init, train=False))(
         jax.random.PRNGKey(config.seed),
@@ -285,6 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Fine-tuning from %s.', config.pretrained_path)
   state = create_train_state(model, tx, config, pipeline.image_size, mesh,
                              init_params)
+  start_step, resumed_data = 0, {}
+  if resuming:
+    state, start_step, resumed_data = checkpointer.restore(state, config)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model %s: %.2fM parameters; %d classes; %d devices.',
                config.model.get('model_name'), num_params / 1e6, num_classes,
@@ -293,55 +307,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step = make_train_step(model, tx, schedule, config, num_classes, mesh)
   eval_step = make_eval_step(model, num_classes, mesh)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  start_step = 0
-  if start_step == 0:
-    writer.write_hparams(hparams_of(config))
-
+  writer = metrics.ResumableWriter(workdir,
+                                   just_logging=jax.process_index() > 0)
+  writer.write_hparams(hparams_of(config))
   total_steps = config.total_steps
+  if start_step >= total_steps:
+    logging.info('Nothing to do: the checkpoint is at step %d and '
+                 'total_steps=%d.', start_step, total_steps)
+
   report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer)
+      num_train_steps=total_steps, every_steps=config.progress_every)
   hooks = [report_progress]
   if config.get('profile') and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  preemption = checkpointing.PreemptionHandler()
 
   batches = prefetch_to_mesh(pipeline.train_batches(start_step),
                              config.prefetch, data_sharding)
-  pending, window_start = [], time.time()
-  step = start_step
-  for step in range(start_step + 1, total_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      batch = next(batches)
-      state, metrics = train_step(state, batch)
-    pending.append(metrics)
-    for hook in hooks:
-      hook(step)
+  # Train metrics since the last report (some from before a preemption).
+  pending = list(resumed_data.get('pending_metrics', []))
+  window_steps, window_start, last_save = 0, time.time(), time.time()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = train_step(state, next(batches))
+      pending.append(step_metrics)
+      window_steps += 1
+      for hook in hooks:
+        hook(step)
 
-    if step % config.progress_every == 0 or step == total_steps:
-      fetched = jax.device_get(pending)
-      summary = {k: float(np.mean([m[k] for m in fetched]))
-                 for k in fetched[0]}
-      elapsed = time.time() - window_start
-      summary['img_per_sec_per_device'] = (
-          len(pending) * config.batch / elapsed / num_devices)
-      summary['image_size'] = pipeline.image_size_at(step - 1)
-      writer.write_scalars(step, summary)
-      eta = (total_steps - step) * elapsed / len(pending)
-      logging.info(
-          'step %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.0f img/s, '
-          'ETA %s', step, total_steps, summary['loss'], summary['accuracy'],
-          summary['learning_rate'],
-          summary['img_per_sec_per_device'] * num_devices,
-          format_duration(eta))
-      pending, window_start = [], time.time()
+      if step % config.progress_every == 0 or step == total_steps:
+        fetched = jax.device_get(pending)
+        # float32 whether restored (JSON) or fresh, for equal averages.
+        summary = {k: float(np.mean(np.asarray([m[k] for m in fetched],
+                                               np.float32)))
+                   for k in fetched[0]}
+        elapsed = time.time() - window_start
+        summary['img_per_sec_per_device'] = (
+            window_steps * config.batch / elapsed / num_devices)
+        summary['image_size'] = pipeline.image_size_at(step - 1)
+        writer.write_scalars(step, summary)
+        eta = (total_steps - step) * elapsed / window_steps
+        logging.info(
+            'step %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.0f img/s, '
+            'ETA %s', step, total_steps, summary['loss'],
+            summary['accuracy'], summary['learning_rate'],
+            summary['img_per_sec_per_device'] * num_devices,
+            format_duration(eta))
+        pending, window_steps, window_start = [], 0, time.time()
 
-    if step % config.eval_every == 0 or step == total_steps:
-      results = evaluate(eval_step, state.params, pipeline, data_sharding)
-      writer.write_scalars(step, results)
-      logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d '
-                   'examples', step, results['eval_loss'],
-                   results['eval_accuracy'], results['eval_count'])
-      window_start = time.time()  # Evaluation is not train time.
-  writer.flush()
+      if step % config.eval_every == 0 or step == total_steps:
+        eval_start = time.time()
+        results = evaluate(eval_step, state.params, pipeline, data_sharding)
+        writer.write_scalars(step, results)
+        logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d '
+                     'examples', step, results['eval_loss'],
+                     results['eval_accuracy'], results['eval_count'])
+        if checkpointer:
+          checkpointer.save_if_best(step, state.params, config,
+                                    results['eval_accuracy'])
+        window_start += time.time() - eval_start  # Not train time.
+
+      stop = preemption.should_stop(step)
+      if checkpointer and (
+          stop or step % config.checkpoint_every == 0 or
+          step == total_steps or checkpointing.should_save_by_time(
+              step, last_save, config.get('checkpoint_every_minutes', 0))):
+        checkpointer.save(step, state, config, step * config.batch,
+                          jax.device_get(pending))
+        last_save = time.time()
+      if stop:
+        logging.warning('Stopping at step %d on request; resume by running '
+                        'the same command again.', step)
+        break
+  finally:
+    preemption.restore_handlers()
+    if checkpointer:
+      checkpointer.wait()  # Surfaces errors of asynchronous saves.
+      checkpointer.close()
+    writer.flush()
   return state

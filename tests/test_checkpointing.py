@@ -1,0 +1,304 @@
+"""Preemption-safe checkpoints: kill -9, SIGTERM, exact resume, export, errors.
+
+The end-to-end tests run `tests/tiny_run.py` in subprocesses and stop them
+from outside, as a preempted VM or an impatient user would.
+"""
+
+import glob
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from configs import common
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import tiny_model_config
+from helpers import write_fashion_mnist
+from vit_flax import checkpoint
+from vit_flax import checkpointing
+from vit_flax import errors
+from vit_flax import export
+from vit_flax import metrics
+from vit_flax import model_configs
+from vit_flax import train
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+TOTAL_STEPS = 60  # tiny_run.py's config: checkpoints every 5, evals every 20.
+
+
+def start(workdir, data, *flags):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(TESTS, 'tiny_run.py'),
+       f'--workdir={workdir}', f'--data={data}', *flags],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def committed_steps(workdir):
+  names = glob.glob(os.path.join(workdir, 'checkpoints', '*'))
+  return sorted(int(os.path.basename(n)) for n in names
+                if os.path.basename(n).isdigit())
+
+
+def saving_now(workdir):
+  return bool(glob.glob(os.path.join(workdir, 'checkpoints',
+                                     '*.orbax-checkpoint-tmp*')))
+
+
+def final_params(workdir):
+  return flax.traverse_util.flatten_dict(
+      checkpoint.load(os.path.join(workdir, 'final.npz')), sep='/')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('fashion_mnist')
+  write_fashion_mnist(str(directory), num_train=64, num_test=24)
+  return str(directory)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data):
+  """An uninterrupted run: its final params and metrics."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  process = start(workdir, data)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  return workdir
+
+
+def assert_same_run(workdir, reference_workdir):
+  """Bit-equal final params; every metric step once, with equal values."""
+  want = final_params(reference_workdir)
+  got = final_params(workdir)
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  want_events = metrics.read_scalars(reference_workdir)
+  got_events = metrics.read_scalars(workdir)
+  for tag in ('loss', 'accuracy', 'learning_rate', 'grad_norm', 'eval_loss',
+              'eval_accuracy', 'eval_count'):
+    steps = [s for s, _ in got_events[tag]]
+    assert len(steps) == len(set(steps)), f'{tag}: duplicated steps {steps}'
+    assert got_events[tag] == want_events[tag], tag
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_resumes_exactly(tmp_path, data, reference):
+  workdir = str(tmp_path / 'run')
+  rng = random.Random(0)
+  kills, kills_during_save, logs = 0, 0, []
+  while True:
+    process = start(workdir, data, '--slow_step=0.1', '--slow_commit=0.4')
+    before = committed_steps(workdir)[-1:] or [0]
+    deadline = time.time() + 240
+    # First kill: in the middle of a save. Later ones: anywhere.
+    target_saving = kills == 0
+    delay = rng.uniform(0.5, 3.0)
+    killed = False
+    while process.poll() is None and time.time() < deadline:
+      progressed = (committed_steps(workdir)[-1:] or [0])[0] > before[0]
+      if kills < 4 and target_saving and saving_now(workdir) and progressed:
+        process.kill()
+        kills_during_save += 1
+        killed = True
+        break
+      if kills < 4 and not target_saving and progressed:
+        time.sleep(delay)
+        process.kill()
+        killed = True
+        break
+      time.sleep(0.02)
+    output, _ = process.communicate(timeout=60)
+    logs.append(output)
+    if not killed:
+      assert process.returncode == 0, output
+      break
+    assert process.returncode == -signal.SIGKILL
+    kills += 1
+  assert kills >= 3 and kills_during_save >= 1
+  # Each restart said where it resumed, and none reused a partial save.
+  resumed = [re.search(r'Resumed from \S+/(\d+): step (\d+)', log)
+             for log in logs[1:]]
+  assert all(resumed), logs
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_that_step_and_exits_zero(tmp_path, data,
+                                                  reference):
+  workdir = str(tmp_path / 'run')
+  rng = random.Random(1)
+  stops = 0
+  while True:
+    process = start(workdir, data, '--slow_step=0.1')
+    start_step = (committed_steps(workdir)[-1:] or [0])[0]
+    signalled_at = None
+    while process.poll() is None:
+      if (stops < 3 and signalled_at is None and
+          (committed_steps(workdir)[-1:] or [0])[0] > start_step):
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGTERM)
+        signalled_at = time.time()
+      time.sleep(0.02)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    if signalled_at is None:
+      break
+    assert time.time() - signalled_at < 15, 'slow to stop'
+    stopped = re.search(r'Stopping at step (\d+)', output)
+    if stopped is None:  # The signal came after the last step.
+      break
+    stops += 1
+    assert committed_steps(workdir)[-1] == int(stopped.group(1))
+  assert stops >= 2
+  assert_same_run(workdir, reference)
+
+
+def test_export_round_trip_gives_the_same_logits(tmp_path, reference):
+  config, params = checkpointing.restore_for_inference(reference, 'latest')
+  out = str(tmp_path / 'model.npz')
+  count = export.export(reference, out)
+  assert count == sum(x.size for x in jax.tree.leaves(params))
+  model = model_configs.create_model('vit', config.model, 10)
+  images = jax.random.normal(jax.random.key(0), (4, 28, 28, 3))
+  init_params = jax.device_get(model.init(jax.random.key(1), images,
+                                          train=False)['params'])
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=out, init_params=init_params, model_config=config.model,
+      keep_head=True)
+  np.testing.assert_array_equal(
+      model.apply({'params': loaded}, images, train=False),
+      model.apply({'params': params}, images, train=False))
+  # The latest checkpoint is the end of training: final.npz has its params.
+  for key, value in final_params(reference).items():
+    np.testing.assert_array_equal(checkpoint.flatten(params)[key], value)
+
+
+def test_export_best_is_the_best_evaluation(tmp_path, reference):
+  accuracy = {step: value for step, value in
+              metrics.read_scalars(reference)['eval_accuracy']}
+  best_step = max(accuracy, key=lambda s: (accuracy[s], -s))
+  assert os.listdir(os.path.join(reference, 'checkpoints', 'best')) == [
+      str(best_step)]
+  export.export(reference, str(tmp_path / 'best.npz'), best=True)
+  assert checkpoint.load(str(tmp_path / 'best.npz')).keys() == {
+      'cls', 'embedding', 'head', 'Transformer'}
+
+
+# In-process runs on the same data, for config changes and bad input.
+
+
+def small_config(data, **overrides):
+  config = common.get_config()
+  config.dataset = 'fashion_mnist'
+  config.tfds_manual_dir = data
+  config.pp.crop = 28
+  config.model = tiny_model_config(patch=7)
+  config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
+  config.base_lr = 1e-3
+  config.batch = 8
+  config.batch_eval = 8
+  config.total_steps = 4
+  config.warmup_steps = 1
+  config.eval_every = 4
+  config.progress_every = 2
+  config.checkpoint_every = 2
+  config.update(overrides)
+  return config
+
+
+def test_changed_fields_that_cannot_change_are_named(tmp_path, data):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data), workdir)
+  wider = small_config(data)
+  wider.model.hidden_size = 32
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'config.model.hidden_size is 32 but the '
+                     r'checkpoint was made with 16'):
+    train.train_and_evaluate(wider, workdir)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'config.batch is 16 but the checkpoint was made '
+                     r'with 8'):
+    train.train_and_evaluate(small_config(data, batch=16), workdir)
+
+
+def test_changed_total_steps_is_honoured(tmp_path, data, caplog):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data), workdir)
+  with caplog.at_level('WARNING'):
+    state = train.train_and_evaluate(small_config(data, total_steps=6),
+                                     workdir)
+  assert int(state.step) == 6
+  assert committed_steps(workdir)[-1] == 6
+  assert any('config.total_steps changed from 4 to 6' in r.getMessage()
+             for r in caplog.records)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_earlier_ones_remain(
+    tmp_path, data):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data), workdir)
+  latest = os.path.join(workdir, 'checkpoints', '4')
+  # Truncate the array data, as a disk filling up mid-copy would.
+  for path in glob.glob(os.path.join(latest, 'params', '**', 'd', '*'),
+                        recursive=True):
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'Cannot restore the checkpoint .*checkpoints/4 '
+                     r'.*delete .*checkpoints/4 to resume from an earlier'):
+    train.train_and_evaluate(small_config(data, total_steps=6), workdir)
+  shutil.rmtree(latest)  # What the message says to do.
+  state = train.train_and_evaluate(small_config(data, total_steps=6), workdir)
+  assert int(state.step) == 6
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data):
+  workdir = str(tmp_path)
+  config = small_config(data)
+  train.train_and_evaluate(config, workdir)
+  # Same config, other parameter shapes: as if files were copied across runs.
+  other = model_configs.create_model('vit', tiny_model_config(
+      patch=7, hidden_size=32), 10)
+  mesh = train.create_mesh()
+  tx = train.optim.create_optimizer(config, 1e-3)
+  state = train.create_train_state(other, tx, config, 28, mesh)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='written by another model or optimizer'):
+    checkpointer.restore(state, config)
+  checkpointer.close()
+
+
+def test_checkpoints_path_that_is_a_file(tmp_path, data):
+  (tmp_path / 'checkpoints').write_text('not a directory')
+  with pytest.raises(errors.UserError, match='is a file'):
+    train.train_and_evaluate(small_config(data), str(tmp_path))
+
+
+def test_restore_for_inference_errors(tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match='No checkpoints'):
+    checkpointing.restore_for_inference(str(tmp_path), 'latest')
+  with pytest.raises(checkpointing.CheckpointError, match="'newest'"):
+    checkpointing.restore_for_inference(str(tmp_path), 'newest')
+
+
+def test_a_signal_requests_a_stop_and_a_second_acts_as_usual():
+  handler = checkpointing.PreemptionHandler()
+  try:
+    assert not handler.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert handler.should_stop(2)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    handler.restore_handlers()
