@@ -151,6 +151,23 @@ def test_locality_adds_only_a_depthwise_conv():
   assert local[added[1]] == (3, 3, 1, 32)  # depthwise over mlp_dim
 
 
+@pytest.mark.parametrize('strides,channels,features',
+                         [(1, 4, 4), (2, 4, 4), (2, 4, 12), (1, 3, 6)])
+def test_depthwise_conv_equals_grouped_conv(strides, channels, features):
+  grid = jax.random.normal(jax.random.key(0), (2, 6, 4, channels))
+  conv = models.DepthwiseConv(features, strides=strides)
+  params = conv.init(jax.random.key(1), grid)
+  params = jax.tree.map(
+      lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  grouped = flax.linen.Conv(features, (3, 3), strides=(strides, strides),
+                            padding=((1, 1), (1, 1)),
+                            feature_group_count=channels)
+  expected = grouped.apply(params, grid)
+  assert expected.shape == (2, 6 // strides, 4 // strides, features)
+  np.testing.assert_allclose(conv.apply(params, grid), expected, atol=1e-5,
+                             rtol=1e-5)
+
+
 @pytest.mark.parametrize('locality', [False, True])
 def test_locality_mixes_only_neighbouring_patches(locality):
   mlp = models.MlpBlock(mlp_dim=8, dropout_rate=0.0, locality=locality)
@@ -263,7 +280,8 @@ def test_parameter_counts_match_the_paper(name, paper_count):
 
 def test_every_preset_builds():
   for name, config in model_configs.MODEL_CONFIGS.items():
-    model = models.VisionTransformer(num_classes=10, **config)
+    model = model_configs.create_model(
+        model_configs.PRESET_MODEL_TYPES[name], config, 10)
     shapes = jax.eval_shape(
         lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                                train=False))

@@ -1,7 +1,8 @@
 """Model presets, keyed by the official checkpoint names (`ViT-B_16`, ...).
 
 `MODEL_CONFIGS[name]` is a locked `ml_collections.ConfigDict` with the
-official fields, so `VisionTransformer(num_classes=n, **config)` builds it.
+official fields, so `VisionTransformer(num_classes=n, **config)` builds it
+(or the module of `PRESET_MODEL_TYPES[name]`: ResNet and Mixer baselines).
 """
 
 from typing import Optional, Sequence
@@ -11,14 +12,24 @@ import ml_collections
 
 from vit_flax import errors
 from vit_flax import models
+from vit_flax import models_mixer
+from vit_flax import models_resnet
+from vit_flax import models_staged
 
 MODEL_CONFIGS = {}
 # config.model_type -> the module class built from config.model.
-MODEL_TYPES = {'vit': models.VisionTransformer}
+MODEL_TYPES = {'vit': models.VisionTransformer,
+               'resnet': models_resnet.ResNet,
+               'mixer': models_mixer.MlpMixer,
+               'staged': models_staged.StagedVisionTransformer}
+# Preset name -> the config.model_type it needs.
+PRESET_MODEL_TYPES = {}
 
 
-def _register(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _register(config: ml_collections.ConfigDict,
+              model_type: str = 'vit') -> ml_collections.ConfigDict:
   MODEL_CONFIGS[config.model_name] = config.lock()
+  PRESET_MODEL_TYPES[config.model_name] = model_type
   return config
 
 
@@ -50,6 +61,35 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
     config.resnet = ml_collections.ConfigDict()
     config.resnet.num_layers = tuple(resnet_layers)
     config.resnet.width_factor = 1
+  return config
+
+
+def resnet_config(model_name: str, num_layers: Sequence[int],
+                  bottleneck: bool = True, width_factor: float = 1.0,
+                  stem: str = 'imagenet') -> ml_collections.ConfigDict:
+  """A config of `models_resnet.ResNet` (model_type 'resnet')."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.num_layers = tuple(num_layers)
+  config.bottleneck = bottleneck
+  config.width_factor = float(width_factor)
+  config.stem = stem
+  config.dtype = 'float32'
+  return config
+
+
+def mixer_config(model_name: str, patch: int, hidden_dim: int,
+                 num_blocks: int, tokens_mlp_dim: int, channels_mlp_dim: int
+                 ) -> ml_collections.ConfigDict:
+  """An MLP-Mixer config with the official field names (model_type 'mixer')."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.hidden_dim = hidden_dim
+  config.num_blocks = num_blocks
+  config.tokens_mlp_dim = tokens_mlp_dim
+  config.channels_mlp_dim = channels_mlp_dim
+  config.dtype = 'float32'
   return config
 
 
@@ -108,3 +148,15 @@ _register(vit_config('R50+ViT-L_32', 1, 1024, 4096, 16, 24, dropout_rate=0.1,
 # layers, width 384); it reached 38% on TinyImageNet from scratch.
 _register(vit_config('ViT-B_16_reduced', 8, 384, 1536, 6, 6,
                      dropout_rate=0.1))
+
+# ResNet baselines: the hybrid root's post-activation units with GroupNorm and
+# weight standardisation, as a classifier. BiT-M/S .npz files hold pre-
+# activation (v2) ResNets under TF names and do not load into these.
+_register(resnet_config('BiT-R18', (2, 2, 2, 2), bottleneck=False), 'resnet')
+_register(resnet_config('BiT-R26', (2, 2, 2, 2)), 'resnet')
+_register(resnet_config('BiT-R50x1', (3, 4, 6, 3)), 'resnet')
+
+# MLP-Mixers as in the paper (Table 1) and gs://mixer_models/.
+_register(mixer_config('Mixer-B_16', 16, 768, 12, 384, 3072), 'mixer')
+_register(mixer_config('Mixer-B_32', 32, 768, 12, 384, 3072), 'mixer')
+_register(mixer_config('Mixer-L_16', 16, 1024, 24, 512, 4096), 'mixer')

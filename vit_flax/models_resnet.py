@@ -1,13 +1,24 @@
-"""ResNet pieces in the BiT style: weight-standardised convs and GroupNorm.
+"""ResNets in the BiT style: weight-standardised convs and GroupNorm.
 
-Used as the root of hybrid ViTs (R50+ViT-B_16); names match the official
-hybrid checkpoints (`conv_root`, `gn_root`, `block{i}/unit{j}/conv1`, ...).
+The pieces are the root of hybrid ViTs (R50+ViT-B_16), with the names of the
+official hybrid checkpoints (`conv_root`, `gn_root`, `block{i}/unit{j}/conv1`,
+...). `ResNet` is the same network as a classifier (ResNet-18/26/50 baselines),
+with those names plus a `head`.
 """
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from vit_flax import errors
+
+# conv_root variants: 7x7/2 conv and 3x3/2 max-pool (ImageNet), or one 3x3/1
+# conv (CIFAR-style, for 28-32 px images that /4 would shrink too much).
+STEMS = ('imagenet', 'cifar')
+# GroupNorm groups (nn.GroupNorm's default, as in BiT); widths must be
+# multiples of it.
+GN_GROUPS = 32
 
 
 def weight_standardize(kernel, axis, eps):
@@ -26,6 +37,19 @@ class StdConv(nn.Conv):
     return value
 
 
+def shortcut(x, out_features, strides, dtype):
+  """Identity, or a strided 1x1 conv and GN where the shape changes.
+
+  Call it from inside a compact method: `conv_proj` and `gn_proj` become
+  children of the calling unit.
+  """
+  if x.shape[-1] == out_features and tuple(strides) == (1, 1):
+    return x
+  x = StdConv(out_features, (1, 1), strides, use_bias=False, dtype=dtype,
+              name='conv_proj')(x)
+  return nn.GroupNorm(dtype=dtype, name='gn_proj')(x)
+
+
 class ResidualUnit(nn.Module):
   """Bottleneck unit: 1x1 -> 3x3 (strided) -> 1x1 with 4x expansion."""
 
@@ -36,11 +60,7 @@ class ResidualUnit(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_features = self.features * 4
-    residual = x
-    if x.shape[-1] != out_features or tuple(self.strides) != (1, 1):
-      residual = StdConv(out_features, (1, 1), self.strides, use_bias=False,
-                         dtype=self.dtype, name='conv_proj')(residual)
-      residual = nn.GroupNorm(dtype=self.dtype, name='gn_proj')(residual)
+    residual = shortcut(x, out_features, self.strides, self.dtype)
 
     y = StdConv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                 name='conv1')(x)
@@ -56,37 +76,116 @@ class ResidualUnit(nn.Module):
     return nn.relu(residual + y)
 
 
+class BasicUnit(nn.Module):
+  """Basic unit of ResNet-18/34: two 3x3 convs, no expansion."""
+
+  features: int
+  strides: Sequence[int] = (1, 1)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    residual = shortcut(x, self.features, self.strides, self.dtype)
+
+    y = StdConv(self.features, (3, 3), self.strides, use_bias=False,
+                dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn1')(y))
+    y = StdConv(self.features, (3, 3), use_bias=False, dtype=self.dtype,
+                name='conv2')(y)
+    # Zero-initialised last scale, as in the bottleneck unit.
+    y = nn.GroupNorm(dtype=self.dtype, scale_init=nn.initializers.zeros,
+                     name='gn2')(y)
+    return nn.relu(residual + y)
+
+
 class ResNetStage(nn.Module):
-  """`block_size` bottleneck units; only the first one may stride."""
+  """`block_size` units (bottleneck or basic); only the first may stride."""
 
   block_size: int
   nout: int
   first_stride: Sequence[int]
   dtype: jnp.dtype = jnp.float32
+  bottleneck: bool = True
 
   @nn.compact
   def __call__(self, x):
-    x = ResidualUnit(self.nout, strides=self.first_stride, dtype=self.dtype,
-                     name='unit1')(x)
+    unit = ResidualUnit if self.bottleneck else BasicUnit
+    x = unit(self.nout, strides=self.first_stride, dtype=self.dtype,
+             name='unit1')(x)
     for i in range(1, self.block_size):
-      x = ResidualUnit(self.nout, dtype=self.dtype, name=f'unit{i + 1}')(x)
+      x = unit(self.nout, dtype=self.dtype, name=f'unit{i + 1}')(x)
     return x
 
 
-def resnet_root(x, num_layers, width_factor, dtype=jnp.float32):
-  """Stem (7x7/2 conv, GN, ReLU, 3x3/2 max-pool) then bottleneck stages.
+def resnet_root(x, num_layers, width_factor, dtype=jnp.float32,
+                bottleneck=True, stem='imagenet'):
+  """Stem (7x7/2 conv, GN, ReLU, 3x3/2 max-pool) then the stages.
 
   Call it from inside a compact method: its layers become children of the
   calling module, so their names sit at the top level as in official hybrid
-  checkpoints (`conv_root`, `gn_root`, `block1`, ...).
+  checkpoints (`conv_root`, `gn_root`, `block1`, ...). `stem='cifar'` makes
+  the stem one 3x3/1 conv (with GN and ReLU) and drops the max-pool.
   """
   width = int(64 * width_factor)
-  x = StdConv(width, (7, 7), (2, 2), use_bias=False, dtype=dtype,
-              name='conv_root')(x)
+  if stem == 'imagenet':
+    x = StdConv(width, (7, 7), (2, 2), use_bias=False, dtype=dtype,
+                name='conv_root')(x)
+  else:
+    x = StdConv(width, (3, 3), use_bias=False, dtype=dtype,
+                name='conv_root')(x)
   x = nn.relu(nn.GroupNorm(dtype=dtype, name='gn_root')(x))
-  x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
+  if stem == 'imagenet':
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
   for i, block_size in enumerate(num_layers):
     x = ResNetStage(block_size=block_size, nout=width * 2**i,
                     first_stride=(1, 1) if i == 0 else (2, 2), dtype=dtype,
-                    name=f'block{i + 1}')(x)
+                    bottleneck=bottleneck, name=f'block{i + 1}')(x)
   return x
+
+
+class ResNet(nn.Module):
+  """A BiT-style ResNet classifier; `ResNet(num_classes=n, **config.model)`.
+
+  Post-activation units as in the hybrid root (each ends with a GN whose
+  scale starts at zero), global average pooling and a zero-initialised
+  `head`. `num_layers` gives the units per stage, e.g. (2, 2, 2, 2) with
+  `bottleneck=False` for ResNet-18, (3, 4, 6, 3) for ResNet-50.
+  """
+
+  num_classes: int
+  num_layers: Sequence[int]
+  bottleneck: bool = True
+  width_factor: float = 1.0
+  stem: str = 'imagenet'
+  model_name: Optional[str] = None
+  dtype: Any = 'float32'
+
+  def check_config(self):
+    if self.stem not in STEMS:
+      raise errors.ConfigError(
+          f'Unknown ResNet stem {self.stem!r}; expected one of {STEMS}.')
+    if not self.num_layers or min(self.num_layers) < 1:
+      raise errors.ConfigError(
+          f'ResNet num_layers={tuple(self.num_layers)} must list at least one '
+          'stage, each with at least one unit, e.g. (2, 2, 2, 2).')
+    width = int(64 * self.width_factor)
+    if width < GN_GROUPS or width % GN_GROUPS:
+      raise errors.ConfigError(
+          f'ResNet width_factor={self.width_factor} gives a root width of '
+          f'{width}, which GroupNorm cannot split into {GN_GROUPS} groups; '
+          'use a width_factor that makes 64 * width_factor a multiple of '
+          f'{GN_GROUPS} (0.5, 1, 1.5, 2, ...).')
+
+  @nn.compact
+  def __call__(self, inputs, *, train):
+    del train  # No dropout, and GroupNorm keeps no batch statistics.
+    self.check_config()
+    dtype = jnp.dtype(self.dtype)
+    x = resnet_root(inputs.astype(dtype), self.num_layers, self.width_factor,
+                    dtype, bottleneck=self.bottleneck, stem=self.stem)
+    # The logits are computed in float32 whatever the compute dtype.
+    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                   name='head')(x)
+    return x

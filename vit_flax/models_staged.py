@@ -1,0 +1,366 @@
+"""A staged ViT: groups of blocks whose width changes between the groups.
+
+The plain `models.VisionTransformer` keeps one width through every block (a
+"tower"). `StagedVisionTransformer` runs a list of stages instead, each a run
+of `models.Encoder1DBlock`s of one width, joined by transitions:
+
+- 'linear': every token, class token included, goes through a dense layer to
+  the next width; the token count stays.
+- 'pool' (PiT, arXiv 2103.16302): the patch grid goes through a 3x3 stride-2
+  depthwise conv that also widens it (so the next width must be a multiple of
+  this one), halving each side of the grid; the class token goes through a
+  dense layer.
+
+Parameters: `embedding`, `cls`, `Transformer/posembed_input` (added once,
+before the first stage), `Transformer/stage_{s}/transition/...` (stages
+s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official block
+names), `Transformer/encoder_norm`, `pre_logits` and `head`.
+"""
+
+import dataclasses
+import functools
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vit_flax import errors
+from vit_flax import models
+
+Array = Any
+GridShape = Tuple[int, int]
+
+TRANSITIONS = ('linear', 'pool')
+CLASSIFIERS = ('token', 'gap')
+STAGE_FIELDS = ('num_layers', 'hidden_size', 'num_heads', 'mlp_dim')
+
+
+def check_stages(stages: Sequence[Mapping[str, int]], transition: str):
+  """Raises a ConfigError on a stage list the model cannot build."""
+  if transition not in TRANSITIONS:
+    raise errors.ConfigError(
+        f'Unknown transition {transition!r}; expected one of {TRANSITIONS}.')
+  if not stages:
+    raise errors.ConfigError(
+        'model.stages is empty; give one or more stages, each a dict with '
+        f'the fields {STAGE_FIELDS}.')
+  for s, stage in enumerate(stages):
+    fields = set(stage)
+    if fields != set(STAGE_FIELDS):
+      raise errors.ConfigError(
+          f'model.stages[{s}] has the fields {sorted(fields)}; a stage needs '
+          f'exactly {STAGE_FIELDS}.')
+    if stage['num_layers'] < 1:
+      raise errors.ConfigError(
+          f'model.stages[{s}].num_layers={stage["num_layers"]} must be >= 1.')
+    if stage['hidden_size'] % stage['num_heads']:
+      raise errors.ConfigError(
+          f'model.stages[{s}]: hidden_size={stage["hidden_size"]} is not '
+          f'divisible by num_heads={stage["num_heads"]}.')
+  if transition == 'pool':
+    for s in range(1, len(stages)):
+      width_in, width_out = (stages[s - 1]['hidden_size'],
+                             stages[s]['hidden_size'])
+      if width_out % width_in:
+        raise errors.ConfigError(
+            f'transition=pool needs each stage width to be a multiple of the '
+            f'one before (a depthwise conv can only multiply channels), but '
+            f'stage {s - 1} has hidden_size={width_in} and stage {s} has '
+            f'{width_out}; use e.g. {2 * width_in}, or transition=linear.')
+
+
+def stage_grid_shapes(grid_shape: GridShape, num_stages: int,
+                      transition: str) -> List[GridShape]:
+  """The patch grid that each stage sees; a pool halves it between stages."""
+  shapes = [tuple(grid_shape)]
+  for s in range(1, num_stages):
+    height, width = shapes[-1]
+    if transition == 'pool':
+      if height % 2 or width % 2:
+        raise errors.ConfigError(
+            f'transition=pool cannot halve the {height}x{width} patch grid '
+            f'of stage {s - 1} (grids per stage so far: {shapes}): each pool '
+            'needs even sides. Use an image size / patch size whose grid is '
+            f'divisible by 2**{num_stages - 1}, fewer stages, or '
+            'transition=linear.')
+      height, width = height // 2, width // 2
+    shapes.append((height, width))
+  return shapes
+
+
+class LinearTransition(nn.Module):
+  """A dense projection of every token (class token included)."""
+
+  hidden_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, grid_shape: GridShape):
+    del grid_shape  # The token count stays.
+    return nn.Dense(self.hidden_size, dtype=self.dtype, name='proj')(x)
+
+
+class PoolTransition(nn.Module):
+  """PiT pooling: stride-2 depthwise conv of the grid, dense prefix tokens."""
+
+  hidden_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, grid_shape: GridShape):
+    prefix, grid = models.split_prefix(x, grid_shape)
+    grid = models.DepthwiseConv(self.hidden_size, strides=2,
+                                dtype=self.dtype, name='pool_conv')(grid)
+    grid = grid.reshape(x.shape[0], -1, self.hidden_size)
+    if not prefix.shape[1]:
+      return grid
+    prefix = nn.Dense(self.hidden_size, dtype=self.dtype,
+                      name='cls_proj')(prefix)
+    return jnp.concatenate([prefix, grid], axis=1)
+
+
+_TRANSITION_CLASSES = {'linear': LinearTransition, 'pool': PoolTransition}
+
+
+class Stage(nn.Module):
+  """A transition to this stage's width (unless first), then its blocks."""
+
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  mlp_dim: int
+  transition: Optional[str] = None  # None for the first stage.
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  locality: bool = False
+  attention_impl: Optional[str] = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, input_grid_shape: GridShape,
+               grid_shape: GridShape, sow_weights: bool = False):
+    """Grids: of the incoming tokens, and of this stage's blocks."""
+    if self.transition is not None:
+      x = _TRANSITION_CLASSES[self.transition](
+          self.hidden_size, dtype=self.dtype, name='transition')(
+              x, input_grid_shape)
+    block_cls = models.encoder_block_class(self.remat)
+    for i in range(self.num_layers):
+      x = block_cls(
+          mlp_dim=self.mlp_dim,
+          num_heads=self.num_heads,
+          dtype=self.dtype,
+          dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate,
+          locality=self.locality,
+          attention_impl=self.attention_impl,
+          name=f'encoderblock_{i}')(x, not train, grid_shape, sow_weights)
+    return x
+
+
+class StagedEncoder(nn.Module):
+  """Position embeddings, the stages and the final LayerNorm."""
+
+  stages: Sequence[Mapping[str, int]]
+  transition: str
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  locality: bool = False
+  attention_impl: Optional[str] = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, grid_shape: GridShape,
+               sow_weights: bool = False):
+    grids = stage_grid_shapes(grid_shape, len(self.stages), self.transition)
+    # Once, on the first grid: the position information then travels with
+    # the tokens, and a resolution curriculum resizes only this table.
+    x = models.AddPositionEmbs(
+        posemb_init=nn.initializers.normal(stddev=0.02),  # From BERT.
+        name='posembed_input')(x, grid_shape)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    for s, stage in enumerate(self.stages):
+      x = Stage(
+          **{field: stage[field] for field in STAGE_FIELDS},
+          transition=self.transition if s else None,
+          dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate,
+          dtype=self.dtype,
+          locality=self.locality,
+          attention_impl=self.attention_impl,
+          remat=self.remat,
+          name=f'stage_{s}')(x, train=train,
+                             input_grid_shape=grids[max(s - 1, 0)],
+                             grid_shape=grids[s], sow_weights=sow_weights)
+    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+
+
+class StagedVisionTransformer(nn.Module):
+  """Staged ViT; `StagedVisionTransformer(num_classes=n, **config.model)`.
+
+  Same call as `models.VisionTransformer`:
+  `apply({'params': p}, images, train=..., sow_weights=..., rngs=...)`.
+  """
+
+  num_classes: int
+  patches: Any
+  stages: Sequence[Mapping[str, int]]
+  transition: str = 'pool'
+  classifier: str = 'token'
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  representation_size: Optional[int] = None
+  head_bias_init: float = 0.0
+  model_name: Optional[str] = None
+  locality: bool = False
+  dtype: Any = 'float32'
+  attention_impl: Optional[str] = None
+  remat: bool = False
+
+  def check_config(self):
+    check_stages(self.stages, self.transition)
+    if self.classifier not in CLASSIFIERS:
+      raise errors.ConfigError(
+          f'Unknown classifier {self.classifier!r} for the staged ViT; '
+          f'expected one of {CLASSIFIERS}.')
+    if self.attention_impl not in models.ATTENTION_IMPLS:
+      raise errors.ConfigError(
+          f'Unknown attention_impl {self.attention_impl!r}; expected one of '
+          f'{models.ATTENTION_IMPLS}.')
+
+  def grid_shapes(self, image_shape: Tuple[int, int]) -> List[GridShape]:
+    """The patch grid of each stage for images of `image_shape` (h, w)."""
+    patch = tuple(self.patches['size'])
+    first = (image_shape[0] // patch[0], image_shape[1] // patch[1])
+    return stage_grid_shapes(first, len(self.stages), self.transition)
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return 1 if self.classifier == 'token' else 0
+
+  @nn.compact
+  def __call__(self, inputs, *, train: bool, sow_weights: bool = False):
+    self.check_config()
+    dtype = jnp.dtype(self.dtype)
+    x = models.embed_patches(inputs.astype(dtype), self.patches['size'],
+                             self.stages[0]['hidden_size'], dtype,
+                             image_shape=inputs.shape[1:3])
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, [n, h * w, c])
+    if self.classifier == 'token':
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
+      x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
+    x = StagedEncoder(
+        stages=self.stages, transition=self.transition,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, dtype=dtype,
+        locality=self.locality, attention_impl=self.attention_impl,
+        remat=self.remat, name='Transformer')(
+            x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
+    return models.classifier_head(x, self.classifier,
+                                  self.representation_size, self.num_classes,
+                                  self.head_bias_init)
+
+
+def staged_config(model_name: str, patch: int,
+                  stages: Sequence[Tuple[int, int, int, int]],
+                  transition: str = 'pool', classifier: str = 'token',
+                  dropout_rate: float = 0.0) -> ml_collections.ConfigDict:
+  """A staged model config; `stages` holds (num_layers, hidden_size,
+  num_heads, mlp_dim) per stage. Pair it with `config.model_type='staged'`."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.stages = tuple(dict(zip(STAGE_FIELDS, stage)) for stage in stages)
+  config.transition = transition
+  config.classifier = classifier
+  config.dropout_rate = dropout_rate
+  config.attention_dropout_rate = 0.0
+  config.representation_size = None
+  config.head_bias_init = 0.0
+  config.locality = False
+  config.dtype = 'float32'
+  config.attention_impl = ml_collections.config_dict.placeholder(str)
+  config.remat = False
+  return config
+
+
+# Reading the attention of a staged model, for the visualisations.
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockAttention:
+  """The attention weights of one block and the token layout they refer to."""
+
+  stage: int
+  block: int  # Index within the stage.
+  weights: Array  # (batch, heads, query tokens, key tokens)
+  grid_shape: GridShape  # The patch grid behind the prefix tokens.
+  num_prefix: int  # Class tokens before the grid (0 or 1).
+  cell_size: Tuple[int, int]  # Input pixels per grid cell at this stage.
+
+  @property
+  def num_tokens(self) -> int:
+    return self.weights.shape[-1]
+
+
+def block_attentions(model: StagedVisionTransformer, intermediates,
+                     image_shape: Tuple[int, int]) -> List[BlockAttention]:
+  """Every block's sown attention weights, first block to last.
+
+  `intermediates` is the collection returned by
+  `model.apply(..., sow_weights=True, mutable=['intermediates'])`.
+  """
+  patch = tuple(model.patches['size'])
+  grids = model.grid_shapes(image_shape)
+  encoder = intermediates['Transformer']
+  result = []
+  for s, (stage, grid) in enumerate(zip(model.stages, grids)):
+    scale = 2**s if model.transition == 'pool' else 1
+    for i in range(stage['num_layers']):
+      block = encoder[f'stage_{s}'][f'encoderblock_{i}']
+      weights = block['MultiHeadDotProductAttention_1']['attention_weights'][0]
+      result.append(BlockAttention(
+          stage=s, block=i, weights=weights, grid_shape=grid,
+          num_prefix=model.num_prefix_tokens,
+          cell_size=(patch[0] * scale, patch[1] * scale)))
+  return result
+
+
+def attention_weights(model: StagedVisionTransformer, params,
+                      images: Array) -> List[BlockAttention]:
+  """Runs `model` on `images` and returns `block_attentions` of the run."""
+  apply = jax.jit(functools.partial(model.apply, train=False,
+                                    sow_weights=True,
+                                    mutable=['intermediates']))
+  _, state = apply({'params': params}, images)
+  return block_attentions(model, state['intermediates'], images.shape[1:3])
+
+
+def blocks_for_rollout(blocks: Sequence[BlockAttention],
+                       last_stage_only: bool = False
+                       ) -> List[BlockAttention]:
+  """The blocks whose attention matrices attention rollout may multiply.
+
+  Rollout multiplies (tokens x tokens) matrices across blocks, so they all
+  need the same token count. A linear transition keeps the count: every
+  block qualifies. A pool transition changes it: only the blocks after the
+  last pool (the last stage) do, which `last_stage_only=True` returns;
+  without it, differing counts raise a UserError.
+  """
+  counts = [b.num_tokens for b in blocks]
+  same = len(blocks)
+  while same > 0 and counts[same - 1] == counts[-1]:
+    same -= 1
+  if same and not last_stage_only:
+    raise errors.UserError(
+        'Attention rollout needs one token count in every block, but the '
+        f'token counts per block are {counts} (a pool transition changes '
+        'the count). Roll out only the blocks after the last pool with '
+        'last_stage_only=True, or use transition=linear; per-block '
+        'attention maps and attention distances work for every block.')
+  return list(blocks[same:])
