@@ -50,6 +50,14 @@ def read_scalars(logdir) -> Dict[str, List[Tuple[int, float]]]:
   return scalars
 
 
+def read_steps(logdir) -> Dict[str, List[int]]:
+  """{tag: [step, ...]} of every summary (scalars, images, ...) in `logdir`."""
+  steps = {}
+  for tag, step, _ in _events(logdir):
+    steps.setdefault(tag, []).append(step)
+  return steps
+
+
 class ResumableWriter:
   """A clu metric writer that skips steps an earlier run already wrote."""
 
@@ -59,8 +67,8 @@ class ResumableWriter:
     self.last_step = {}
     self.has_history = False
     if not just_logging:
-      for tag, step, _ in _events(workdir):
-        self.last_step[tag] = max(step, self.last_step.get(tag, -1))
+      self.last_step = {tag: max(steps)
+                        for tag, steps in read_steps(workdir).items()}
       self.has_history = bool(self.last_step)
     if self.has_history:
       logging.info('Metrics up to step %d are already in %s; not rewriting '

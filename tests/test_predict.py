@@ -1,0 +1,243 @@
+"""Tests of vit_flax.predict: same outputs as evaluation, bad inputs, CLI."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from configs import common
+from helpers import tiny_model_config
+from vit_flax import checkpoint
+from vit_flax import errors
+from vit_flax import input_pipeline
+from vit_flax import model_configs
+from vit_flax import models
+from vit_flax import predict
+from vit_flax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 10  # Fashion-MNIST's.
+
+
+def run_config():
+  config = common.get_config()
+  config.dataset = 'fashion_mnist'
+  config.pp.crop = 16
+  config.model = tiny_model_config()
+  return config
+
+
+def init_params(model, image_size, seed=1):
+  """Initial params with a random head (the initial one is zero: all ties)."""
+  params = jax.device_get(jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), jnp.ones((1, image_size, image_size, 3)))['params'])
+  head = params['head']['kernel']
+  params['head']['kernel'] = np.random.RandomState(seed).randn(
+      *head.shape).astype(np.float32)
+  return params
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A tiny model saved as .npz, its config, and a few image files."""
+  directory = tmp_path_factory.mktemp('predict')
+  config = run_config()
+  model = models.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
+  params = init_params(model, 16)
+  checkpoint.save(params, directory / 'model.npz')
+  # Distinct content and sizes (resized to 16), one grayscale.
+  rows, cols = np.mgrid[0:20, 0:24]
+  red = np.array([220, 30, 30], np.uint8)
+  images = {
+      'dark.png': np.full((20, 24, 3), 20, np.uint8),
+      'gray.png': np.full((28, 28), 230, np.uint8),
+      'red.png': np.broadcast_to(red, (16, 16, 3)),
+      'stripes.png': np.stack([(cols * 10) % 256] * 3, -1).astype(np.uint8),
+      'checks.png': np.repeat(((rows // 4 + cols // 4) % 2 * 255).astype(
+          np.uint8)[..., None], 3, axis=-1),
+  }
+  for name, pixels in images.items():
+    Image.fromarray(pixels).save(directory / name)
+  return types.SimpleNamespace(
+      dir=directory, config=config, model=model, params=params,
+      images=[str(directory / name) for name in images])
+
+
+def load(run):
+  return predict.load_inference_model(which=str(run.dir / 'model.npz'),
+                                      config=run.config)
+
+
+def eval_tensors(paths, size):
+  """The evaluation preprocessing of each file, decoded independently (PIL)."""
+  tensors = []
+  for path in paths:
+    pixels = np.asarray(Image.open(path))
+    if pixels.ndim == 2:
+      pixels = pixels[..., None]  # As the pipeline's Fashion-MNIST arrays.
+    tensors.append(input_pipeline.preprocess_eval(tf.constant(pixels), size))
+  return np.stack(tensors)
+
+
+def test_predict_matches_the_eval_step_on_the_same_tensors(run):
+  inference = load(run)
+  assert inference.image_size == 16 and inference.num_classes == NUM_CLASSES
+  # batch_size 2: three batches, the last one padded.
+  predictions = predict.predict_files(inference, run.images,
+                                      top_k=NUM_CLASSES, batch_size=2)
+  assert [p.path for p in predictions] == run.images
+  assert all(p.error is None for p in predictions)
+
+  images = eval_tensors(run.images, 16)
+  for p, image in zip(predictions, images):
+    np.testing.assert_array_equal(p.image, image)
+  expected = jax.nn.softmax(
+      run.model.apply({'params': run.params}, images, train=False))
+  got = np.zeros_like(expected)
+  for row, p in zip(got, predictions):
+    for index, _, probability in p.classes:
+      row[index] = probability
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+  top1 = np.array([p.classes[0][0] for p in predictions])
+  assert len(set(top1)) > 1  # The comparison tells classes apart.
+  eval_step = train.make_eval_step(run.model, NUM_CLASSES, train.create_mesh())
+  sums = eval_step(run.params, {'image': images, 'label': top1,
+                                'mask': np.ones(len(images), np.float32)})
+  assert int(sums['correct']) == len(images)
+
+
+def test_class_names_come_from_the_dataset(run):
+  inference = load(run)
+  names, note = predict.dataset_class_names(inference.config, NUM_CLASSES)
+  assert note is None
+  assert names[0] == 'T-shirt/top' and names[9] == 'Ankle boot'
+  (p,) = predict.predict_files(inference, run.images[:1], class_names=names,
+                               top_k=3)
+  assert len(p.classes) == 3
+  assert [name for _, name, _ in p.classes] == [names[i]
+                                                for i, _, _ in p.classes]
+  probabilities = [prob for _, _, prob in p.classes]
+  assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_class_names_fall_back_to_indices_with_a_note(run):
+  config = run_config()
+  config.dataset = 'no_such_dataset_anywhere'
+  names, note = predict.dataset_class_names(config, NUM_CLASSES)
+  assert names == [str(i) for i in range(NUM_CLASSES)]
+  assert 'no_such_dataset_anywhere' in note and '--class_names_file' in note
+  names, note = predict.dataset_class_names(run.config, 7)
+  assert names == [str(i) for i in range(7)]
+  assert 'has 10 classes but the model 7' in note
+
+
+def test_each_bad_file_gets_a_message_and_the_others_are_predicted(run,
+                                                                   tmp_path):
+  (tmp_path / 'notes.png').write_text('not an image')
+  rng = np.random.RandomState(0)
+  Image.fromarray(rng.randint(0, 256, (16, 16, 4), np.uint8)).save(
+      tmp_path / 'rgba.png')
+  Image.fromarray(rng.randint(0, 256, (16, 16, 2), np.uint8), 'LA').save(
+      tmp_path / 'gray_alpha.png')
+  paths = [str(tmp_path / 'notes.png'), run.images[0],
+           str(tmp_path / 'rgba.png'), str(tmp_path / 'missing.png'),
+           str(tmp_path / 'gray_alpha.png'), str(tmp_path), run.images[1]]
+  predictions = predict.predict_files(load(run), paths, batch_size=4)
+  assert [p.path for p in predictions] == paths
+  errors_by_name = {os.path.basename(p.path): p.error for p in predictions}
+  assert 'notes.png is not an image' in errors_by_name['notes.png']
+  assert '4 channels (RGBA)' in errors_by_name['rgba.png']
+  assert '2 channels (grayscale with alpha)' in errors_by_name[
+      'gray_alpha.png']
+  assert 'no such file' in errors_by_name['missing.png']
+  assert 'cannot be read' in errors_by_name[os.path.basename(tmp_path)]
+  good = [p for p in predictions if p.error is None]
+  assert [p.path for p in good] == run.images[:2]
+  assert all(len(p.classes) == 5 for p in good)
+
+
+def test_checkpoint_and_flag_errors_are_clear(run, tmp_path):
+  with pytest.raises(checkpoint.CheckpointNotFoundError, match='not.npz'):
+    predict.load_inference_model(which=str(tmp_path / 'not.npz'),
+                                 config=run.config)
+  with pytest.raises(errors.UserError, match='--workdir'):
+    predict.load_inference_model(which='best', config=run.config)
+  with pytest.raises(errors.UserError, match='exactly one of --config'):
+    predict.load_inference_model(which=str(run.dir / 'model.npz'))
+  with pytest.raises(errors.UserError, match='not --workdir'):
+    predict.load_inference_model(workdir=str(tmp_path),
+                                 which=str(run.dir / 'model.npz'))
+  other = run_config()
+  other.model.transformer.mlp_dim = 8
+  with pytest.raises(checkpoint.CheckpointError, match='MlpBlock_3'):
+    predict.load_inference_model(which=str(run.dir / 'model.npz'),
+                                 config=other)
+
+
+def test_a_preset_takes_the_image_size_of_its_position_embeddings(tmp_path):
+  model = models.VisionTransformer(
+      num_classes=3, **model_configs.get_model_config('testing'))
+  checkpoint.save(init_params(model, 32), tmp_path / 'testing.npz')
+  inference = predict.load_inference_model(
+      which=str(tmp_path / 'testing.npz'), model_name='testing')
+  assert inference.image_size == 32  # 2x2 patches of 16 pixels.
+  assert inference.num_classes == 3
+  assert predict.pixels_per_patch(
+      model_configs.get_model_config('R50+ViT-B_16')) == 16
+  assert predict.pixels_per_patch(
+      model_configs.get_model_config('R26+ViT-B_32')) == 32
+
+
+def test_text_json_and_grid_outputs(run):
+  predictions = predict.predict_files(
+      load(run), run.images[:2] + [str(run.dir / 'missing.png')], top_k=2)
+  text = predict.format_text(predictions)
+  assert run.images[0] in text and 'missing.png' not in text
+  items = json.loads(predict.format_json(predictions))
+  assert [len(item.get('predictions', [])) for item in items] == [2, 2, 0]
+  assert 'no such file' in items[2]['error']
+  assert set(items[0]['predictions'][0]) == {'class', 'name', 'probability'}
+  grid = predict.predictions_grid_figure(predictions)
+  assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[-1] == 3
+  assert grid.std() > 0
+
+
+def test_cli_predicts_the_good_files_and_exits_nonzero_on_bad_ones(run,
+                                                                   tmp_path):
+  model = run.config.model.to_dict()
+  (tmp_path / 'run_config.py').write_text(
+      'import ml_collections\n'
+      'from configs import common\n'
+      'def get_config():\n'
+      '  config = common.get_config()\n'
+      '  config.dataset = "fashion_mnist"\n'
+      '  config.pp.crop = 16\n'
+      f'  config.model = ml_collections.ConfigDict({model!r})\n'
+      '  return config\n')
+  (tmp_path / 'notes.txt').write_text('not an image')
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_flax.predict',
+       f'--checkpoint={run.dir / "model.npz"}',
+       f'--config={tmp_path / "run_config.py"}', '--json', '--top_k=3',
+       f'--grid={tmp_path / "grid.png"}', run.images[0],
+       str(tmp_path / 'notes.txt'), run.images[1]],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1, result.stderr
+  assert 'notes.txt is not an image' in result.stderr
+  items = json.loads(result.stdout)
+  assert [item['file'] for item in items] == [
+      run.images[0], str(tmp_path / 'notes.txt'), run.images[1]]
+  names = {p['name'] for item in items for p in item.get('predictions', [])}
+  class_names = predict.dataset_class_names(run.config, NUM_CLASSES)[0]
+  assert names and names <= set(class_names)
+  assert Image.open(tmp_path / 'grid.png').mode == 'RGB'
