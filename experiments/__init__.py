@@ -1,0 +1,1 @@
+"""Commands that train and compare models: `python -m experiments.<study>`."""

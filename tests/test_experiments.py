@@ -1,0 +1,311 @@
+"""Tests of the experiment commands: timing, budgets, configs and reports."""
+
+import dataclasses
+import os
+import re
+
+from absl import flags
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common as common_config
+from configs import quickstart
+from configs import resnet8_quickstart
+from experiments import common
+from experiments import curriculum
+from experiments import locality
+from experiments import patch_size
+from experiments import vit_vs_resnet
+from helpers import tiny_model_config
+from helpers import write_fashion_mnist
+from vit_flax import errors
+from vit_flax import input_pipeline
+
+NUM_TRAIN, NUM_TEST = 512, 200
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A small random Fashion-MNIST in IDX files."""
+  directory = str(tmp_path_factory.mktemp('fashion_mnist'))
+  write_fashion_mnist(directory, NUM_TRAIN, NUM_TEST)
+  return directory
+
+
+def points(steps_and_times, value=0.0):
+  return [common.Scalar(step, time, value) for step, time in steps_and_times]
+
+
+def test_steady_step_seconds_times_steps_inside_phases():
+  # Writes every 5 steps; 14 px up to step 15, then 21 px. A step takes
+  # 0.2 s at 14 px and 0.4 s at 21 px. The run's first window and the one
+  # where 21 px begins compile (+10 s each), the one before starts the
+  # 21 px input pipeline (+3 s), and one 21 px window stalls (+3 s).
+  steps = list(range(5, 45, 5))
+  size = {s: 14 if s <= 15 else 21 for s in steps}
+  extra = {5: 10.0, 15: 3.0, 20: 10.0, 30: 3.0}
+  times, now = {}, 0.0
+  for step in steps:
+    now += (0.2 if size[step] == 14 else 0.4) * 5 + extra.get(step, 0.0)
+    times[step] = now
+  loss = points([(s, times[s]) for s in steps])
+  image_size = [common.Scalar(s, times[s], size[s]) for s in steps]
+  timed = common.steady_step_seconds(loss, image_size)
+  assert timed.keys() == {14, 21}
+  assert timed[14] == pytest.approx(0.2)
+  assert timed[21] == pytest.approx(0.4)
+
+
+def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
+  config = common_config.get_config()
+  config.dataset = 'fashion_mnist'
+  config.tfds_manual_dir = data_dir
+  config.pp.crop = 28
+  config.pp.augment = 'none'
+  config.model = tiny_model_config(patch=7)
+  config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
+  config.base_lr = 1e-3
+  config.batch = 32
+  config.batch_eval = 100
+  config.total_steps = 100
+  config.warmup_steps = 10
+  config.shuffle_buffer = 64
+  config.update(overrides)
+  return config
+
+
+def test_calibrate_times_every_curriculum_size(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  config.pp.curriculum = ((0, 14), (50, 28))
+  timing = common.calibrate('tiny', config, str(tmp_path), steps=30,
+                            progress_every=3)
+  times = dict(timing.size_step_seconds)
+  assert times.keys() == {14, 28}
+  # Half the steps at each size: the mean step is their plain mean.
+  assert timing.step_seconds == pytest.approx((times[14] + times[28]) / 2)
+  assert timing.overhead_seconds > 0 and timing.eval_seconds > 0
+  fits = timing.steps_within(100.0, num_evals=2)
+  assert (timing.overhead_seconds + 2 * timing.eval_seconds +
+          fits * timing.step_seconds) <= 100.0
+  assert (timing.overhead_seconds + 2 * timing.eval_seconds +
+          (fits + 1) * timing.step_seconds) > 100.0
+
+
+def fake_run_training(name, config, workdir):
+  """A run whose steps take 1 s each, writing what a real run writes."""
+  phases = curriculum.phases_of(config)
+  size_at = {step: p.image_size for p in phases
+             for step in range(p.start_step + 1, p.end_step + 1)}
+  logged = range(config.progress_every, config.total_steps + 1,
+                 config.progress_every)
+  end = float(config.total_steps)
+  scalars = {'loss': [common.Scalar(s, float(s), 1.0) for s in logged],
+             'image_size': [common.Scalar(s, float(s), size_at[s])
+                            for s in logged],
+             'eval_loss': [common.Scalar(config.total_steps, end + 1, 1.0)]}
+  return common.Run(name, config, workdir, start_time=0.0,
+                    wall_seconds=end + 2, scalars=scalars, params=None)
+
+
+def test_calibrate_refuses_what_it_cannot_time(data_dir, monkeypatch):
+  monkeypatch.setattr(common, 'run_training', fake_run_training)
+  config = tiny_config(data_dir)
+  config.pp.curriculum = ((0, 14), (50, 28))
+  timing = common.calibrate('tiny', config, '/unused', steps=18,
+                            progress_every=3)
+  assert timing.size_step_seconds == ((14, 1.0), (28, 1.0))
+  config.pp.curriculum_unit = 'epochs'
+  with pytest.raises(errors.ConfigError, match='steps'):
+    common.calibrate('tiny', config, '/unused', steps=12)
+  # Shrunk to 12 steps, the 14 px phase is 1 step long: between two of
+  # the writes every 3 steps, it is never timed.
+  config.pp.curriculum_unit = 'steps'
+  config.pp.curriculum = ((0, 14), (10, 28))
+  with pytest.raises(errors.UserError, match=r'\[14\] px'):
+    common.calibrate('tiny', config, '/unused', steps=12, progress_every=3)
+
+
+def test_with_total_steps_scales_the_schedule():
+  config = quickstart.get_config()
+  config = common.with_total_steps(config, 400, num_evals=4)
+  assert (config.total_steps, config.warmup_steps) == (400, 20)
+  assert config.eval_every == 100
+  assert config.checkpoint_every == 0 and not config.eval_figures
+
+
+def fake_timing(step_ms_by_size, overhead=12.0, eval_seconds=2.0):
+  return common.Timing(
+      step_seconds=float(np.mean(list(step_ms_by_size.values()))) / 1e3,
+      overhead_seconds=overhead, eval_seconds=eval_seconds,
+      size_step_seconds=tuple((s, ms / 1e3)
+                              for s, ms in step_ms_by_size.items()))
+
+
+def test_both_schedules_are_fitted_to_the_budget_alike(monkeypatch):
+  options = curriculum.Options(seconds=300.0, num_evals=4)
+  configs = curriculum.schedule_configs(options)
+  assert set(configs) == {'fixed', 'curriculum'}
+  timings = {'fixed': fake_timing({28: 100}),
+             'curriculum': fake_timing({14: 30, 21: 70, 28: 100})}
+  calls = []
+
+  def calibrate(name, config, workdir, steps, progress_every=None):
+    calls.append((name, steps, progress_every))
+    return timings[name]
+
+  monkeypatch.setattr(common, 'calibrate', calibrate)
+  fitted = {}
+  for name, config in configs.items():
+    fitted[name], timing = common.fit_to_seconds(
+        name, config, '/unused', options.seconds, options.num_evals,
+        options.calibration_steps, options.calibration_progress_every)
+    spent = (timing.overhead_seconds + options.num_evals *
+             timing.eval_seconds + fitted[name].total_steps *
+             timing.step_seconds)
+    assert spent <= options.seconds < spent + timing.step_seconds
+  # One calibration each, the same length and logging for both.
+  assert {(steps, every) for _, steps, every in calls} == {
+      (options.calibration_steps, options.calibration_progress_every)}
+  assert fitted['curriculum'].total_steps > fitted['fixed'].total_steps
+  # Fitting keeps the phases: equal thirds of the fitted steps.
+  phases = curriculum.phases_of(fitted['curriculum'])
+  assert [p.image_size for p in phases] == [14, 21, 28]
+  lengths = [p.end_step - p.start_step for p in phases]
+  assert sum(lengths) == fitted['curriculum'].total_steps
+  assert max(lengths) - min(lengths) <= 1
+  assert [p.image_size for p in curriculum.phases_of(fitted['fixed'])] == [28]
+  # Both are evaluated at the last size.
+  assert {c.pp.crop for c in fitted.values()} == {28}
+
+
+def test_curriculum_sizes_must_fit_the_patches():
+  configs = curriculum.schedule_configs(curriculum.Options(sizes=(28, 42, 56)))
+  assert configs['fixed'].pp.crop == 56
+  assert [size for _, size in configs['curriculum'].pp.curriculum] == [
+      28, 42, 56]
+  for sizes in ((14, 20, 28), (28,), (3, 7)):
+    with pytest.raises(errors.ConfigError, match='multiple of the patch'):
+      curriculum.schedule_configs(curriculum.Options(sizes=sizes))
+
+
+def split_labels(config, split):
+  """The labels of `split`, in order."""
+  source = input_pipeline.get_source(config.dataset, None,
+                                     config.tfds_manual_dir)
+  dataset, _ = source.read(split, 0, 1, drop_remainder=False)
+  return np.array([int(example['label'])
+                   for example in dataset.as_numpy_iterator()])
+
+
+def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
+  options = vit_vs_resnet.Options(percents=(10, 30, 100), steps=50,
+                                  fashion_mnist_dir=data_dir)
+  configs = vit_vs_resnet.study_configs(options)
+  assert set(configs) == {(m, p) for m in ('vit', 'resnet')
+                          for p in (10, 30, 100)}
+  whole = split_labels(configs['vit', 100], 'train')
+  for (model, percent), config in configs.items():
+    # Same steps and batch whatever the subset.
+    assert (config.total_steps, config.batch) == (50, 256)
+    assert config.get('model_type', 'vit') == model
+    expected = round(NUM_TRAIN * percent / 100)
+    assert common.num_train_examples(config) == expected
+    np.testing.assert_array_equal(split_labels(config, config.pp.train),
+                                  whole[:expected])
+  for percent in (0, 101):
+    with pytest.raises(errors.ConfigError, match='not in'):
+      vit_vs_resnet.subset_split(percent)
+
+
+def test_resnet_costs_the_same_order_as_the_vit():
+  vit, resnet = quickstart.get_config(), resnet8_quickstart.get_config()
+  ratio = (common.flops_per_image(resnet, 10) /
+           common.flops_per_image(vit, 10))
+  assert 1 / 3 < ratio < 3
+  assert 1 / 3 < (common.count_params(resnet, 10) /
+                  common.count_params(vit, 10)) < 3
+
+
+def differences(a, b, prefix=''):
+  """Dotted names of the fields where two config dicts differ."""
+  names = []
+  for key in sorted(set(a) | set(b)):
+    x, y = a.get(key), b.get(key)
+    if isinstance(x, dict) and isinstance(y, dict):
+      names += differences(x, y, f'{prefix}{key}.')
+    elif x != y:
+      names.append(prefix + key)
+  return names
+
+
+def test_locality_runs_differ_only_in_locality():
+  configs = locality.study_configs(locality.Options(steps=70))
+  assert configs['off'].total_steps == configs['on'].total_steps == 70
+  assert differences(configs['off'].to_dict(), configs['on'].to_dict()) == [
+      'model.locality']
+  assert configs['on'].model.locality
+
+
+def test_patch_runs_differ_only_in_patch_size():
+  configs = patch_size.study_configs(patch_size.Options(patches=(7, 4)))
+  assert differences(configs[7].to_dict(), configs[4].to_dict()) == [
+      'model.patches.size']
+  assert tuple(configs[4].model.patches.size) == (4, 4)
+  with pytest.raises(errors.ConfigError, match='does not divide'):
+    patch_size.study_configs(patch_size.Options(patches=(5,)))
+  with pytest.raises(errors.UserError, match='nothing to run'):
+    patch_size.study_configs(patch_size.Options(steps=0, seconds=0))
+
+
+def test_options_round_trip_through_flags():
+  flag_values = flags.FlagValues()
+  common.define_flags(curriculum.Options, flag_values)
+  flag_values(['curriculum', '--sizes=28,42,56', '--seconds=12.5',
+               '--num_evals=2'])
+  options = common.options_from_flags(curriculum.Options, flag_values)
+  assert options == dataclasses.replace(
+      curriculum.Options(), sizes=(28, 42, 56), seconds=12.5, num_evals=2)
+  command = common.options_command('experiments.curriculum', options)
+  assert command.startswith('python -m experiments.curriculum --out=')
+  assert '--sizes=28,42,56 --seconds=12.5' in command
+  assert command.endswith('--num_evals=2')  # Shared flags last.
+  assert '--fashion_mnist_dir' not in command  # None: the default.
+  flag_values['sizes'].parse('28,big')
+  with pytest.raises(errors.ConfigError, match='--sizes=28,big'):
+    common.options_from_flags(curriculum.Options, flag_values)
+
+
+def table_rows(markdown):
+  """The rows of the results table (the one after the machine table)."""
+  tables = re.findall(r'((?:^\|.*\|\n)+)', markdown, re.M)
+  lines = tables[1].strip().split('\n')
+  header = [c.strip() for c in lines[0].strip('|').split('|')]
+  return [dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
+          for line in lines[2:]]
+
+
+def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
+  options = locality.Options(
+      out=str(tmp_path / 'docs' / 'locality'),
+      workdir=str(tmp_path / 'runs'), steps=3, num_evals=1,
+      train_eval_split='train[:50%]', fashion_mnist_dir=data_dir)
+  locality.run_study(options)
+  markdown = (tmp_path / 'docs' / 'locality.md').read_text()
+  assert os.path.getsize(tmp_path / 'docs' / 'locality.png') > 0
+  assert common.options_command('experiments.locality', options) in markdown
+  rows = table_rows(markdown)
+  assert [row['Locality'] for row in rows] == ['off', 'on']
+  for row, (name, config) in zip(rows,
+                                 locality.study_configs(options).items()):
+    scalars = common.read_scalars(os.path.join(options.workdir,
+                                               f'locality_{name}'))
+    assert row['Test acc.'] == common.format_percent(
+        scalars['eval_accuracy'][-1].value)
+    assert row['Test loss'] == f'{scalars["eval_loss"][-1].value:.4f}'
+    assert row['Steps'] == str(scalars['loss'][-1].step) == '3'
+    assert row['Epochs'] == f'{3 * 256 / NUM_TRAIN:.1f}'
+    assert row['Params'] == common.format_count(
+        common.count_params(config, 10))
+    assert float(row['Wall time (s)']) > 0
