@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch = 512  # Global training batch (all devices, all processes).
   config.batch_eval = 512  # Global evaluation batch.
   config.accum_steps = 1  # Split each batch into this many sequential chunks.
+  config.mesh_fsdp = 1  # Devices each large param/opt tensor is split over.
   config.grad_norm_clip = 1.0  # Clip gradients to this global norm (0: off).
   config.optim_dtype = 'bfloat16'  # Momentum / first-moment dtype (as vit_jax).
   config.momentum = 0.9  # SGD momentum.
@@ -48,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Loop.
   config.eval_every = 1000  # Evaluate every so many steps (and at the end).
   config.progress_every = 100  # Log and write train metrics this often.
+  config.eval_figures = True  # Attention maps etc. to TensorBoard per eval.
   config.checkpoint_every = 1000  # Checkpoint every so many steps (0: off).
   config.checkpoint_every_minutes = 10.0  # Also checkpoint this often (0: off).
   config.keep_checkpoints = 3  # Latest checkpoints kept (plus the best).

@@ -19,6 +19,7 @@ from helpers import tiny_model_config
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import input_pipeline
+from vit_flax import metrics
 from vit_flax import model_configs
 from vit_flax import optim
 from vit_flax import train
@@ -46,6 +47,7 @@ def tiny_config(**overrides):
   # datasets, which breaks orbax's background saves (tests/tiny_run.py and
   # test_checkpointing.py cover checkpoints on real files).
   config.checkpoint_every = 0
+  config.eval_figures = False
   config.update(overrides)
   return config
 
@@ -79,6 +81,14 @@ def test_metrics_are_written(tmp_path):
               'eval_accuracy'):
     assert sorted(scalars[tag]) == ([3, 6] if 'eval' not in tag else [6]), tag
   assert scalars['image_size'][3] == 16
+
+
+def test_evaluation_writes_figures(tmp_path):
+  run(tiny_config(eval_figures=True, total_steps=4, eval_every=2), tmp_path)
+  steps = metrics.read_steps(tmp_path)
+  for name in ('attention_rollout', 'patch_filters', 'posemb_similarity',
+               'attention_distance'):
+    assert steps[f'figures/{name}'] == [2, 4], name
 
 
 def build_step(config, num_classes=10):

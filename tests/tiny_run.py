@@ -37,6 +37,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, 'tests')]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 
 from helpers import tiny_model_config
 from helpers import write_fashion_mnist
@@ -97,12 +98,17 @@ def main():
     jax.distributed.initialize(args.coordinator, args.num_processes,
                                args.process_id)
   slow_down()
-  write_fashion_mnist(args.data, num_train=64, num_test=24)
+  if jax.process_index() == 0:
+    write_fashion_mnist(args.data, num_train=64, num_test=24)
+  if args.coordinator:  # The others read it once it is there.
+    multihost_utils.sync_global_devices('data written')
   config = tiny_config()
   state = train.train_and_evaluate(config, args.workdir)
-  if int(state.step) == config.total_steps and jax.process_index() == 0:
-    checkpoint.save(jax.device_get(state.params),
-                    os.path.join(args.workdir, 'final.npz'))
+  if int(state.step) == config.total_steps:
+    # Every process: params split across processes are gathered.
+    params = train.fetch_params(state.params)
+    if jax.process_index() == 0:
+      checkpoint.save(params, os.path.join(args.workdir, 'final.npz'))
 
 
 if __name__ == '__main__':

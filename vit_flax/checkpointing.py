@@ -231,8 +231,16 @@ def restore_for_inference(workdir, which: str = 'latest'
   if step is None:
     raise CheckpointError(f'No complete checkpoint in {directory}.')
   try:
+    # Onto one local device, whatever mesh or process count saved them.
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        directory / str(step) / 'params').tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        metadata)
     restored = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore(), params=ocp.args.StandardRestore()))
+        config=ocp.args.JsonRestore(),
+        params=ocp.args.StandardRestore(target)))
   except Exception as e:  # Orbax/tensorstore errors of many kinds.
     raise CheckpointError(
         f'Cannot read the checkpoint {directory / str(step)} '

@@ -345,12 +345,12 @@ def resolve_augment(augment: str, dataset: str,
 
 
 def _to_rgb_float(image, size):
-  """uint8 (h, w, 1 or 3) -> float32 (size, size, 3) in [-1, 1]."""
+  """uint8 ([b,] h, w, 1 or 3) -> float32 ([b,] size, size, 3) in [-1, 1]."""
   image = tf.convert_to_tensor(image)
   if image.shape[-1] == 1:
     image = tf.image.grayscale_to_rgb(image)
   image = tf.cast(image, tf.float32)
-  if image.shape[0] != size or image.shape[1] != size:
+  if image.shape[-3] != size or image.shape[-2] != size:
     image = tf.image.resize(image, (size, size))
   return image / 127.5 - 1.0
 
@@ -486,6 +486,23 @@ class Pipeline:
       return {'image': image, 'label': example['label']}
 
     ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
+    if self.augment == 'none' and self.source.image_shape is not None:
+      # Nothing random and one shape: convert whole batches, which costs a
+      # third of the CPU time of per-example calls (time the step needs).
+      def decode(index, example):
+        return index, {'image': self.source.decode(example['image']),
+                       'label': example['label']}
+
+      def to_float(index, batch):
+        del index
+        return {'image': _to_rgb_float(batch['image'], phase.image_size),
+                'label': batch['label']}
+
+      if ds.element_spec[1]['image'].dtype == tf.string:  # Encoded files.
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.batch(b, drop_remainder=True)
+      ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+      return ds.prefetch(tf.data.AUTOTUNE)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -1,9 +1,13 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`.
 
 One `jax.jit` train step over a mesh of every device: the batch is sharded
-along the 'data' axis, params and optimizer state are replicated. The host
-never waits on the device between steps; metrics are fetched every
-`progress_every` steps.
+along the 'data' axis, params and optimizer state are replicated. With
+`config.mesh_fsdp` > 1 the mesh gets a second axis, 'fsdp', the batch is
+sharded over both axes, and every large param and optimizer-state tensor is
+split over 'fsdp' (fully sharded data parallelism: XLA gathers the params for
+each step and reduce-scatters the gradients). The param tree and checkpoints
+are the same either way. The host never waits on the device between steps;
+metrics are fetched every `progress_every` steps.
 """
 
 import collections
@@ -18,6 +22,7 @@ from clu import periodic_actions
 from etils import epath
 import flax
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
@@ -31,8 +36,13 @@ from vit_flax import input_pipeline
 from vit_flax import metrics
 from vit_flax import model_configs
 from vit_flax import optim
+from vit_flax import visualize
 
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+# Smaller tensors stay replicated under FSDP: gathering them would cost more
+# (latency) than the memory it saves.
+FSDP_MIN_SIZE = 2**12
 
 
 @flax.struct.dataclass
@@ -43,10 +53,73 @@ class TrainState:
   rng: jax.Array  # Raw uint32 key; dropout keys are folded in from it.
 
 
-def create_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over every device of every process, along DATA_AXIS."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+def create_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  """A mesh over every device of every process.
+
+  1-D along DATA_AXIS when `fsdp` is 1; otherwise (devices / fsdp, fsdp)
+  along (DATA_AXIS, FSDP_AXIS). Consecutive devices (those of one process,
+  on one host) share an FSDP group, so its gathers stay on the fast local
+  links when `fsdp` <= the local device count.
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if fsdp == 1:
+    return Mesh(devices, (DATA_AXIS,))
+  if fsdp < 1 or devices.size % fsdp:
+    raise errors.ConfigError(
+        f'mesh_fsdp={fsdp} must be >= 1 and divide the device count '
+        f'({devices.size}).')
+  return Mesh(devices.reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches: the leading axis split over every device of the mesh."""
+  axes = mesh.axis_names
+  return NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
+
+
+def state_sharding(tree, mesh: Mesh):
+  """Shardings of a train state (or any tree of arrays) on `mesh`.
+
+  Replicated without an FSDP axis. With one, each tensor of at least
+  FSDP_MIN_SIZE elements is split along its largest dimension that the FSDP
+  axis divides; the optimizer moments, shaped like their params, are split
+  like them.
+  """
+  replicated = NamedSharding(mesh, P())
+  if FSDP_AXIS not in mesh.axis_names:
+    return jax.tree.map(lambda _: replicated, tree)
+  fsdp = mesh.shape[FSDP_AXIS]
+
+  def sharding(x):
+    shape = np.shape(x)
+    if np.prod(shape, dtype=np.int64) < FSDP_MIN_SIZE:
+      return replicated
+    divisible = [d for d in range(len(shape)) if shape[d] % fsdp == 0]
+    if not divisible:
+      return replicated
+    dim = max(divisible, key=lambda d: (shape[d], d))
+    spec = [None] * len(shape)
+    spec[dim] = FSDP_AXIS
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree.map(sharding, tree)
+
+
+def split_across_processes(tree) -> bool:
+  """Whether no single process holds all of some array of `tree`."""
+  return not all(x.is_fully_replicated or x.is_fully_addressable
+                 for x in jax.tree.leaves(tree))
+
+
+def fetch_params(params):
+  """The params as numpy arrays on this host.
+
+  Params split across processes (FSDP) are gathered first, which every
+  process must take part in.
+  """
+  if split_across_processes(params):
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.device_get(params)
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int):
@@ -56,6 +129,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int):
       raise errors.ConfigError(f'config.{field} must be set.')
   if config.total_steps <= 0:
     raise errors.ConfigError(f'total_steps={config.total_steps} must be > 0.')
+  fsdp = config.get('mesh_fsdp', 1)
+  if fsdp < 1 or num_devices % fsdp:
+    raise errors.ConfigError(
+        f'mesh_fsdp={fsdp} must be >= 1 and divide the device count '
+        f'({num_devices}); e.g. mesh_fsdp=1 (replicated) or '
+        f'{num_devices} (every device holds a part).')
   accum = config.get('accum_steps', 1)
   if accum < 1:
     raise errors.ConfigError(f'accum_steps={accum} must be >= 1.')
@@ -111,12 +190,14 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
 
 def create_train_state(model, tx, config, image_size: int, mesh: Mesh,
                        init_params=None) -> TrainState:
-  """Initialises (or places `init_params`) replicated on the mesh."""
-  replicated = NamedSharding(mesh, P())
+  """Initialises (or places `init_params`) on the mesh.
+
+  Replicated, or split as `state_sharding` says when the mesh has an FSDP
+  axis: each device only ever holds its part.
+  """
   rng = jax.random.PRNGKey(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
   def init(params):
     if params is None:
       params = model.init(init_rng, jnp.zeros((1, image_size, image_size, 3)),
@@ -124,15 +205,29 @@ def create_train_state(model, tx, config, image_size: int, mesh: Mesh,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=tx.init(params), rng=dropout_rng)
 
-  return init(init_params)
+  shardings = NamedSharding(mesh, P())  # Replicated: no shapes needed.
+  if FSDP_AXIS in mesh.axis_names:
+    shardings = state_sharding(jax.eval_shape(init, init_params), mesh)
+  return jax.jit(init, out_shardings=shardings)(init_params)
 
 
-def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh):
-  """The jitted step: (state, batch) -> (state, metrics); state donated."""
+def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
+                    state_shardings=None):
+  """The jitted step: (state, batch) -> (state, metrics); state donated.
+
+  `state_shardings` (the state's, e.g. `jax.tree.map(lambda x: x.sharding,
+  state)`) keeps the new state laid out as the old one; None means
+  replicated, which is only valid on a mesh without an FSDP axis.
+  """
   accum_steps = config.get('accum_steps', 1)
   label_smoothing = config.get('label_smoothing', 0.0)
   replicated = NamedSharding(mesh, P())
-  micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+  if state_shardings is None:
+    if FSDP_AXIS in mesh.axis_names:
+      raise ValueError('A mesh with an FSDP axis needs state_shardings.')
+    state_shardings = replicated
+  micro_sharding = NamedSharding(mesh,
+                                 P(None, *batch_sharding(mesh).spec))
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({'params': params}, images, train=True,
@@ -186,7 +281,7 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh):
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(train_step, out_shardings=(replicated, replicated),
+  return jax.jit(train_step, out_shardings=(state_shardings, replicated),
                  donate_argnums=0)
 
 
@@ -261,8 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   num_devices = jax.device_count()
   validate_config(config, num_devices)
   workdir = prepare_workdir(workdir)
-  mesh = create_mesh()
-  data_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  mesh = create_mesh(fsdp=config.get('mesh_fsdp', 1))
+  data_sharding = batch_sharding(mesh)
 
   pipeline = input_pipeline.Pipeline(config, jax.process_index(),
                                      jax.process_count())
@@ -282,29 +377,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if checkpointing_on:
     checkpointer = checkpointing.Checkpointer(
         workdir, keep=config.get('keep_checkpoints', 3))
-  resuming = checkpointer is not None and checkpointer.latest_step()
+  try:  # Bad pretrained files or checkpoints raise here.
+    resuming = checkpointer is not None and checkpointer.latest_step()
 
-  init_params = None
-  if config.get('pretrained_path') and not resuming:
-    # The fresh params give the target shapes and the new head.
-    fresh = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.PRNGKey(config.seed),
-        jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
-    init_params = checkpoint.load_pretrained(
-        pretrained_path=config.pretrained_path,
-        init_params=jax.device_get(fresh), model_config=config.model)
-    logging.info('Fine-tuning from %s.', config.pretrained_path)
-  state = create_train_state(model, tx, config, pipeline.image_size, mesh,
-                             init_params)
-  start_step, resumed_data = 0, {}
-  if resuming:
-    state, start_step, resumed_data = checkpointer.restore(state, config)
+    init_params = None
+    if config.get('pretrained_path') and not resuming:
+      # The fresh params give the target shapes and the new head.
+      fresh = jax.jit(functools.partial(model.init, train=False))(
+          jax.random.PRNGKey(config.seed),
+          jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
+      init_params = checkpoint.load_pretrained(
+          pretrained_path=config.pretrained_path,
+          init_params=jax.device_get(fresh), model_config=config.model)
+      logging.info('Fine-tuning from %s.', config.pretrained_path)
+    state = create_train_state(model, tx, config, pipeline.image_size, mesh,
+                               init_params)
+    start_step, resumed_data = 0, {}
+    if resuming:
+      state, start_step, resumed_data = checkpointer.restore(state, config)
+  except BaseException:
+    if checkpointer:
+      checkpointer.close()
+    raise
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model %s: %.2fM parameters; %d classes; %d devices.',
                config.model.get('model_name'), num_params / 1e6, num_classes,
                num_devices)
 
-  train_step = make_train_step(model, tx, schedule, config, num_classes, mesh)
+  train_step = make_train_step(
+      model, tx, schedule, config, num_classes, mesh,
+      state_shardings=jax.tree.map(lambda x: x.sharding, state))
   eval_step = make_eval_step(model, num_classes, mesh)
 
   writer = metrics.ResumableWriter(workdir,
@@ -314,6 +416,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if start_step >= total_steps:
     logging.info('Nothing to do: the checkpoint is at step %d and '
                  'total_steps=%d.', start_step, total_steps)
+
+  # One evaluation image for the figures written at each evaluation.
+  figure_images = None
+  if config.get('eval_figures') and jax.process_index() == 0:
+    figure_images = next(pipeline.eval_batches())['image'][:1]
+  # Params split across processes are gathered with every process's help.
+  gather_for_figures = bool(config.get('eval_figures')) and (
+      split_across_processes(state.params))
 
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.progress_every)
@@ -366,6 +476,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if checkpointer:
           checkpointer.save_if_best(step, state.params, config,
                                     results['eval_accuracy'])
+        if figure_images is not None or gather_for_figures:
+          host_params = fetch_params(state.params)
+        if figure_images is not None:
+          figures = visualize.summary_images(
+              model, host_params, figure_images, config.model)
+          writer.write_images(step, {f'figures/{name}': image[None]
+                                     for name, image in figures.items()})
         window_start += time.time() - eval_start  # Not train time.
 
       stop = preemption.should_stop(step)
