@@ -12,33 +12,16 @@ ViT's 7 px patches turn it into a 4x4 grid; the stages then run at 7, 4 and
 python main.py --config=configs/resnet8_quickstart.py --workdir=/tmp/resnet8
 """
 
-from configs import common
+from configs import quickstart
 from vit_flax import model_configs
 
 
 def get_config():
-  config = common.get_config()
-  config.dataset = 'fashion_mnist'  # Offline from Debian's IDX files.
-  config.pp.crop = 28  # Native size.
-  config.pp.augment = 'none'  # As the ViT quickstart.
-  config.shuffle_buffer = 60_000  # The whole training set.
-
-  config.model_type = 'resnet'
-  # Units per stage (1, 1, 1): 1 stem + 3 x 2 convs + 1 head = 8 layers.
-  config.model = model_configs.resnet_config(
-      'ResNet-8x0.5', num_layers=(1, 1, 1), bottleneck=False,
-      width_factor=0.5, stem='imagenet')
-
-  config.optimizer = 'adamw'
-  config.optim_dtype = 'float32'
-  config.base_lr = 2e-3
-  config.weight_decay = 0.05
-  config.label_smoothing = 0.1
-  config.batch = 256
-  config.batch_eval = 1000
-  config.total_steps = 4_000
-  config.warmup_steps = 200
-  config.eval_every = 1_000
-  config.progress_every = 200
-  config.checkpoint_every = 1_000
-  return config.lock()
+  config = quickstart.get_config()  # Data, optimizer, schedule.
+  with config.unlocked():
+    config.model_type = 'resnet'
+    # Units per stage (1, 1, 1): 1 stem + 3 x 2 convs + 1 head = 8 layers.
+    config.model = model_configs.resnet_config(
+        'ResNet-8x0.5', num_layers=(1, 1, 1), bottleneck=False,
+        width_factor=0.5, stem='imagenet')
+  return config

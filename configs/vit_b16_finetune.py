@@ -7,6 +7,7 @@ python main.py --config=configs/vit_b16_finetune.py:cifar100 --workdir=/tmp/ft
 """
 
 from configs import common
+from vit_flax import errors
 from vit_flax import model_configs
 
 # Dataset -> (train split, test split, steps). Held-out slices as in vit_jax.
@@ -21,8 +22,9 @@ DATASET_PRESETS = {
 
 def get_config(dataset: str = 'cifar10'):
   if dataset not in DATASET_PRESETS:
-    raise ValueError(f'Unknown fine-tuning dataset {dataset!r}; expected one '
-                     f'of {sorted(DATASET_PRESETS)}.')
+    raise errors.ConfigError(
+        f'Unknown fine-tuning dataset {dataset!r}; expected one of '
+        f'{sorted(DATASET_PRESETS)}.')
   config = common.get_config()
   config.dataset = dataset
   train_split, test_split, total_steps = DATASET_PRESETS[dataset]

@@ -40,8 +40,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from vit_flax import benchmark
 from vit_flax import errors
 from vit_flax import input_pipeline
+from vit_flax import metrics
 from vit_flax import model_configs
 from vit_flax import models
 from vit_flax import train
@@ -154,26 +156,12 @@ def with_total_steps(config: ml_collections.ConfigDict, total_steps: int,
 
 def read_scalars(workdir: str) -> Dict[str, List[Scalar]]:
   """Every scalar in the TensorBoard event files of `workdir`, by tag."""
-  paths = sorted(
-      tf.io.gfile.glob(os.path.join(workdir, 'events.out.tfevents*')))
-  if not paths:
-    raise errors.UserError(f'{workdir} holds no TensorBoard event files.')
-  scalars = {}
-  for record in tf.data.TFRecordDataset(paths).as_numpy_iterator():
-    event = tf.compat.v1.Event.FromString(record)
-    for value in event.summary.value:
-      if value.HasField('tensor'):
-        array = tf.make_ndarray(value.tensor)
-        if array.ndim or array.dtype.kind not in 'fiu':
-          continue  # hparams and other non-scalar summaries.
-        number = float(array)
-      elif value.HasField('simple_value'):
-        number = value.simple_value
-      else:
-        continue
-      scalars.setdefault(value.tag, []).append(
-          Scalar(int(event.step), float(event.wall_time), number))
-  return {tag: sorted(points, key=lambda p: (p.step, p.wall_time))
+  scalars = metrics.read_scalar_events(workdir)
+  if not scalars:
+    raise errors.UserError(f'{workdir} holds no TensorBoard scalars.')
+  return {tag: sorted((Scalar(step, wall_time, value)
+                       for step, wall_time, value in points),
+                      key=lambda p: (p.step, p.wall_time))
           for tag, points in scalars.items()}
 
 
@@ -357,10 +345,7 @@ def flops_per_image(config: ml_collections.ConfigDict, num_classes: int,
   params = jax.eval_shape(functools.partial(model.init, train=False),
                           jax.random.key(0), images)['params']
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-  cost = forward.lower(params, images).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # One entry per program in older jax.
-    cost = cost[0]
-  return float(cost['flops'])
+  return benchmark.cost_flops(forward.lower(params, images).compile())
 
 
 def evaluate_split(config: ml_collections.ConfigDict, params,
@@ -380,18 +365,7 @@ def evaluate_split(config: ml_collections.ConfigDict, params,
   eval_step = train.make_eval_step(model, pipeline.num_classes, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))
   return train.evaluate(eval_step, params, pipeline,
-                        NamedSharding(mesh, P(train.DATA_AXIS)))
-
-
-def _cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+                        train.batch_sharding(mesh))
 
 
 def describe_machine() -> Dict[str, str]:
@@ -403,7 +377,7 @@ def describe_machine() -> Dict[str, str]:
     cores = os.cpu_count()
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
   return {
-      'CPU': f'{_cpu_model()}, {cores} cores usable',
+      'CPU': f'{benchmark.host_cpu()}, {cores} cores usable',
       'Devices': f'{len(devices)} x {devices[0].device_kind} '
                  f'({devices[0].platform})',
       'Load average (1, 5, 15 min) at start': load,
@@ -556,6 +530,24 @@ def write_text(path: str, lines: Sequence[str]):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
+
+
+def cost_notes(image_size: int) -> List[str]:
+  """How a report's FLOPs, img/s and wall-time columns were measured."""
+  return [
+      "- FLOPs: XLA's cost analysis of the jitted forward pass of one "
+      f'{image_size}px image (a multiply-add counts 2).',
+      '- Train img/s: median over the logging windows after the first '
+      '(which holds the compilation); wall time includes data loading, '
+      'compilation and the evaluations.',
+  ]
+
+
+def write_report(out_md: str, out_png: str, lines: Sequence[str]):
+  """Writes a study's report: `lines`, then its figure of curves."""
+  write_text(out_md, [*lines, '', f'![Curves]({os.path.basename(out_png)})',
+                      ''])
+  logging.info('Wrote %s and %s.', out_md, out_png)
 
 
 def option(default: Any, help_text: str) -> Any:

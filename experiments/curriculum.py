@@ -22,7 +22,6 @@ import os
 from typing import Dict, Tuple
 
 from absl import app
-from absl import logging
 import ml_collections
 
 from configs import quickstart
@@ -184,12 +183,8 @@ def write_report(options, rows, runs, machine, started):
       'exactly as the test set is (no label smoothing).',
       '- Wall time: the whole run, from data set-up to the last evaluation; '
       'the calibration runs are not counted.',
-      '',
-      f'![Curves]({os.path.basename(out_png)})',
-      '',
   ]
-  common.write_text(out_md, lines)
-  logging.info('Wrote %s and %s.', out_md, out_png)
+  common.write_report(out_md, out_png, lines)
 
 
 def run_study(options: Options):

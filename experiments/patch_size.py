@@ -17,7 +17,6 @@ import os
 from typing import Dict, Tuple
 
 from absl import app
-from absl import logging
 import ml_collections
 
 from configs import quickstart
@@ -136,17 +135,9 @@ def write_report(options, rows, runs_by_budget, machine, started):
       'split.',
       f'- Train acc.: `{options.train_eval_split}` evaluated after training '
       'exactly as the test set is (no label smoothing).',
-      "- FLOPs: XLA's cost analysis of the jitted forward pass of one "
-      f'{first.pp.crop}px image (a multiply-add counts 2).',
-      '- Train img/s: median over the logging windows after the first '
-      '(which holds the compilation); wall time includes data loading, '
-      'compilation and the evaluations.',
-      '',
-      f'![Curves]({os.path.basename(out_png)})',
-      '',
+      *common.cost_notes(first.pp.crop),
   ]
-  common.write_text(out_md, lines)
-  logging.info('Wrote %s and %s.', out_md, out_png)
+  common.write_report(out_md, out_png, lines)
 
 
 def run_study(options: Options):

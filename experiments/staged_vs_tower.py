@@ -21,7 +21,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from configs import vit_staged_quickstart
 from configs import vit_tower_quickstart
@@ -149,16 +148,9 @@ def write_report(rows, runs_by_budget, descriptions, machine, started):
       'training exactly as the test set is (no dropout, no label '
       'smoothing). The gap, test minus train loss, is the overfitting '
       'figure: larger means more overfitting.',
-      '- FLOPs: XLA\'s cost analysis of the jitted forward pass of one '
-      f'{first.pp.crop}px image (a multiply-add counts 2).',
-      '- Train img/s: median over the logging windows after the first '
-      '(which holds the compilation); wall time includes everything.',
-      '',
-      f'![Curves]({os.path.basename(out_png)})',
-      '',
+      *common.cost_notes(first.pp.crop),
   ]
-  common.write_text(out_md, lines)
-  logging.info('Wrote %s and %s.', out_md, out_png)
+  common.write_report(out_md, out_png, lines)
 
 
 def run_study():

@@ -16,7 +16,6 @@ import os
 from typing import Dict, Tuple
 
 from absl import app
-from absl import logging
 import ml_collections
 
 from configs import quickstart
@@ -152,17 +151,9 @@ def write_report(options, rows, runs, machine, started):
       f'{options.train_eval_percent}%) of the training set, which every run '
       'trained on, evaluated after training exactly as the test set is (no '
       'label smoothing): the gap to the test accuracy shows overfitting.',
-      "- FLOPs: XLA's cost analysis of the jitted forward pass of one "
-      f'{first.pp.crop}px image (a multiply-add counts 2).',
-      '- Train img/s: median over the logging windows after the first '
-      '(which holds the compilation); wall time includes data loading, '
-      'compilation and the evaluations.',
-      '',
-      f'![Curves]({os.path.basename(out_png)})',
-      '',
+      *common.cost_notes(first.pp.crop),
   ]
-  common.write_text(out_md, lines)
-  logging.info('Wrote %s and %s.', out_md, out_png)
+  common.write_report(out_md, out_png, lines)
 
 
 def run_study(options: Options):

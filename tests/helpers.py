@@ -6,6 +6,11 @@ import os
 import ml_collections
 import numpy as np
 
+from configs import common
+from vit_flax import model_configs
+from vit_flax import optim
+from vit_flax import train
+
 
 def tiny_model_config(classifier='token', hidden_size=16, num_layers=2,
                       patch=4, **overrides) -> ml_collections.ConfigDict:
@@ -59,3 +64,25 @@ def write_fashion_mnist(directory, num_train, num_test, seed=0) -> None:
       if not os.path.exists(path):
         write_idx(path + '.tmp', array)
         os.replace(path + '.tmp', path)
+
+
+def train_losses(model_type, model_config, images, labels, num_classes,
+                 steps):
+  """Losses of `steps` Adam steps of the project's train step on one batch."""
+  config = common.get_config()
+  config.optimizer = 'adam'
+  config.optim_dtype = 'float32'
+  config.base_lr = 1e-2
+  model = model_configs.create_model(model_type, model_config, num_classes)
+  schedule = optim.create_learning_rate_schedule(steps, config.base_lr,
+                                                 'constant', 0)
+  tx = optim.create_optimizer(config, schedule)
+  mesh = train.create_mesh()
+  state = train.create_train_state(model, tx, config, images.shape[1], mesh)
+  train_step = train.make_train_step(model, tx, schedule, config, num_classes,
+                                     mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(state, {'image': images, 'label': labels})
+    losses.append(float(metrics['loss']))
+  return losses

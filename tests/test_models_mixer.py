@@ -17,8 +17,9 @@ from vit_flax import errors
 from vit_flax import model_configs
 from vit_flax import models
 from vit_flax import models_mixer
-from vit_flax import optim
 from vit_flax import train
+
+from helpers import train_losses
 
 
 def tiny_mixer_config(num_blocks=1, patch=4, hidden_dim=12, tokens_mlp_dim=8,
@@ -269,28 +270,6 @@ def test_finetune_config_builds_mixer_b16_at_the_pretraining_size():
   train.check_image_sizes(model, [config.pp.crop])
   with pytest.raises(errors.ConfigError, match="'mnist'"):
     mixer_b16_finetune.get_config('mnist')
-
-
-def train_losses(model_type, model_config, images, labels, num_classes,
-                 steps):
-  """Losses of `steps` Adam steps of the project's train step on one batch."""
-  config = common.get_config()
-  config.optimizer = 'adam'
-  config.optim_dtype = 'float32'
-  config.base_lr = 1e-2
-  model = model_configs.create_model(model_type, model_config, num_classes)
-  schedule = optim.create_learning_rate_schedule(steps, config.base_lr,
-                                                 'constant', 0)
-  tx = optim.create_optimizer(config, schedule)
-  mesh = train.create_mesh()
-  state = train.create_train_state(model, tx, config, images.shape[1], mesh)
-  train_step = train.make_train_step(model, tx, schedule, config, num_classes,
-                                     mesh)
-  losses = []
-  for _ in range(steps):
-    state, metrics = train_step(state, {'image': images, 'label': labels})
-    losses.append(float(metrics['loss']))
-  return losses
 
 
 def test_a_few_train_steps_lower_the_loss():

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 
 def _events(logdir):
-  """(tag, step, summary value) of every event file in `logdir`, in order.
+  """(tag, step, wall time, summary value) of every event file in `logdir`,
+  in order.
 
   A record cut short by a killed process ends its file.
   """
@@ -27,33 +28,43 @@ def _events(logdir):
       for record in tf.data.TFRecordDataset(path):
         event = tf.compat.v1.Event.FromString(record.numpy())
         for value in event.summary.value:
-          yield value.tag, event.step, value
+          yield value.tag, event.step, event.wall_time, value
     except tf.errors.DataLossError:
       logging.warning('%s ends in a partial record (a killed run); its '
                       'complete records are used.', path)
 
 
-def read_scalars(logdir) -> Dict[str, List[Tuple[int, float]]]:
-  """{tag: [(step, value), ...]} of the scalars in `logdir`, in order.
+def read_scalar_events(logdir) -> Dict[str, List[Tuple[int, float, float]]]:
+  """{tag: [(step, wall time, value), ...]} of the scalars in `logdir`.
 
-  Duplicates are kept, so that callers can check there are none.
+  In the order written; duplicates are kept, so that callers can check there
+  are none.
   """
   scalars = {}
-  for tag, step, value in _events(logdir):
-    if value.HasField('tensor') and not value.tensor.tensor_shape.dim:
-      number = float(tf.make_ndarray(value.tensor))
+  for tag, step, wall_time, value in _events(logdir):
+    if value.HasField('tensor'):
+      array = tf.make_ndarray(value.tensor)
+      if array.ndim or array.dtype.kind not in 'fiu':
+        continue  # hparams and other summaries that are not numbers.
+      number = float(array)
     elif value.HasField('simple_value'):
       number = float(value.simple_value)
     else:
       continue
-    scalars.setdefault(tag, []).append((step, number))
+    scalars.setdefault(tag, []).append((step, float(wall_time), number))
   return scalars
+
+
+def read_scalars(logdir) -> Dict[str, List[Tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the scalars in `logdir`, in order."""
+  return {tag: [(step, number) for step, _, number in points]
+          for tag, points in read_scalar_events(logdir).items()}
 
 
 def read_steps(logdir) -> Dict[str, List[int]]:
   """{tag: [step, ...]} of every summary (scalars, images, ...) in `logdir`."""
   steps = {}
-  for tag, step, _ in _events(logdir):
+  for tag, step, _, _ in _events(logdir):
     steps.setdefault(tag, []).append(step)
   return steps
 

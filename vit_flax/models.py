@@ -10,7 +10,7 @@ the input grid differs from the stored one (resolution curricula).
 
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -13,9 +13,8 @@ metrics are fetched every `progress_every` steps.
 import collections
 import functools
 import itertools
-import os
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 from absl import logging
 from clu import periodic_actions
