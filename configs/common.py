@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp.train = 'train'  # Training split; TFDS slicing like 'train[:98%]'.
   config.pp.test = 'test'  # Evaluation split, evaluated whole, exactly once.
   config.pp.crop = 224  # Image size for evaluation (and training by default).
-  config.pp.augment = 'auto'  # auto|inception_crop_flip|pad_crop_flip|pad_crop|none.
+  config.pp.augment = 'auto'  # auto|inception_crop_flip|pad_crop_flip|pad_crop|flip|none.
   config.pp.curriculum = ()  # ((start, size), ...) train-size phases; () = crop.
   config.pp.curriculum_unit = 'steps'  # Unit of curriculum starts: steps|epochs.
   config.pp.eval_crop_fraction = 1.0  # < 1: resize to crop/fraction, centre crop.

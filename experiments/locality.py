@@ -1,7 +1,7 @@
 r"""Locality in the ViT's MLP on vs off, on Fashion-MNIST, at one step budget.
 
-Trains the ViT of configs/quickstart.py twice for the same steps: as it is,
-and with `model.locality=True`, a 3x3 depthwise conv over the patch grid
+Trains the ViT of configs/quickstart.py twice for the same steps, with
+`model.locality=False` and `True` (the config's own setting), a 3x3 depthwise conv over the patch grid
 between the two dense layers of every MLP block (arXiv 2211.05187; the
 class token passes by it). Writes OUT.md (a table of the measured numbers)
 and OUT.png (the curves), from these runs only:

@@ -126,7 +126,8 @@ def test_augmentations_keep_shape_and_range():
   image = tf.constant(np.random.RandomState(0).randint(
       0, 256, (40, 50, 1)).astype(np.uint8))
   seed = tf.constant([1, 2], tf.int64)
-  for augment in ('inception_crop_flip', 'pad_crop_flip', 'pad_crop', 'none'):
+  for augment in ('inception_crop_flip', 'pad_crop_flip', 'pad_crop', 'flip',
+                  'none'):
     out = input_pipeline.preprocess_train(image, seed, 24, augment).numpy()
     assert out.shape == (24, 24, 3), augment
     assert out.min() >= -1.0 and out.max() <= 1.0
@@ -134,6 +135,18 @@ def test_augmentations_keep_shape_and_range():
     np.testing.assert_array_equal(out, again)  # stateless: same seed, same out
   # Grayscale becomes three equal channels.
   assert np.all(out[..., 0] == out[..., 2])
+
+
+def test_flip_mirrors_or_keeps_the_image():
+  image = np.random.RandomState(1).randint(0, 256, (8, 8, 1)).astype(np.uint8)
+  plain = input_pipeline.preprocess_train(image, tf.constant([0, 0], tf.int64),
+                                          8, 'none').numpy()
+  outs = [input_pipeline.preprocess_train(
+      image, tf.constant([i, 0], tf.int64), 8, 'flip').numpy()
+          for i in range(16)]
+  flipped = [np.array_equal(out, plain[:, ::-1]) for out in outs]
+  assert all(f or np.array_equal(out, plain) for f, out in zip(flipped, outs))
+  assert 0 < sum(flipped) < len(outs)  # Both happen.
 
 
 def test_eval_central_crop():

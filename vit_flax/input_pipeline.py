@@ -27,7 +27,7 @@ FASHION_MNIST_FILES = {
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
 }
 AUGMENTATIONS = ('auto', 'inception_crop_flip', 'pad_crop_flip', 'pad_crop',
-                 'none')
+                 'flip', 'none')
 # Digits and glyphs: flips and crops change what they show.
 _NO_AUGMENT_DATASETS = ('mnist', 'emnist', 'kmnist', 'binarized_mnist')
 _EPOCH_SEED_STRIDE = 1_000_003
@@ -374,7 +374,7 @@ def preprocess_train(image, seed, size: int, augment: str):
                    constant_values=-1.0)
     image = tf.image.stateless_random_crop(image, (size, size, 3),
                                            seed=crop_seed)
-  if augment in ('inception_crop_flip', 'pad_crop_flip'):
+  if augment in ('inception_crop_flip', 'pad_crop_flip', 'flip'):
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
   return image
 
