@@ -3,6 +3,8 @@
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 
 from absl import flags
 import ml_collections
@@ -31,6 +33,17 @@ def data_dir(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp('fashion_mnist'))
   write_fashion_mnist(directory, NUM_TRAIN, NUM_TEST)
   return directory
+
+
+@pytest.mark.parametrize('study', ['locality', 'staged_vs_tower'])
+def test_study_commands_start(study):
+  # Their flags must not clash with those of the modules they import.
+  result = subprocess.run(
+      [sys.executable, '-m', f'experiments.{study}', '--help'],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '--steps' in result.stdout
 
 
 def points(steps_and_times, value=0.0):

@@ -68,25 +68,30 @@ MATMUL_SIZE = 2048
 SYNTHETIC_NUM_CLASSES = 1000
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', None, 'Training config, e.g. configs/quickstart.py or '
-    'benchmarks/preset.py:ViT-B_16; fields can be overridden with '
-    '--config.field=value.', lock_config=True)
-flags.DEFINE_integer('steps', 10, 'Train steps per timed round.')
-flags.DEFINE_integer('rounds', 3, 'Timed rounds of each measurement; the '
-                     'fastest counts (the others lost time to other work).')
-flags.DEFINE_integer('warmup', 2, 'Untimed train steps after compilation.')
-flags.DEFINE_integer('eval_steps', 5, 'Eval batches per timed round.')
-flags.DEFINE_integer('pipeline_batches', 20,
-                     'Input pipeline batches per timed round.')
-flags.DEFINE_integer('loop_steps', None, 'Steps per logging window of the '
-                     'training loop, each a round (after an untimed one); '
-                     'default: --steps.')
-flags.DEFINE_bool('synthetic_only', False, 'Skip the input pipeline and the '
-                  'training loop (which read config.dataset).')
-flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s of one device, for MFU; '
-                   'default: known accelerators, or a measured matmul on CPU.')
-flags.DEFINE_string('json_out', None, 'Also write the JSON figures here.')
+
+
+def define_flags():
+  """The command's flags; defined only when it runs, so that other commands
+  can import this module's functions (and define flags of the same names)."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Training config, e.g. configs/quickstart.py or '
+      'benchmarks/preset.py:ViT-B_16; fields can be overridden with '
+      '--config.field=value.', lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Train steps per timed round.')
+  flags.DEFINE_integer('rounds', 3, 'Timed rounds of each measurement; the '
+                       'fastest counts (the others lost time to other work).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed train steps after compilation.')
+  flags.DEFINE_integer('eval_steps', 5, 'Eval batches per timed round.')
+  flags.DEFINE_integer('pipeline_batches', 20,
+                       'Input pipeline batches per timed round.')
+  flags.DEFINE_integer('loop_steps', None, 'Steps per logging window of the '
+                       'training loop, each a round (after an untimed one); '
+                       'default: --steps.')
+  flags.DEFINE_bool('synthetic_only', False, 'Skip the input pipeline and the '
+                    'training loop (which read config.dataset).')
+  flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s of one device, for MFU; '
+                     'default: known accelerators, or a measured matmul on CPU.')
+  flags.DEFINE_string('json_out', None, 'Also write the JSON figures here.')
 
 
 def timed(fn, *args):
@@ -488,4 +493,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
