@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
+from vit_flax import checkpoint
 from vit_flax import model_configs
 from vit_flax import optim
 from vit_flax import train
@@ -86,3 +87,9 @@ def train_losses(model_type, model_config, images, labels, num_classes,
     state, metrics = train_step(state, {'image': images, 'label': labels})
     losses.append(float(metrics['loss']))
   return losses
+
+
+def final_params(workdir):
+  """The flat params tiny_run.py saved in `workdir`/final.npz at the end."""
+  return checkpoint.flatten(
+      checkpoint.load(os.path.join(workdir, 'final.npz')))

@@ -15,12 +15,12 @@ import sys
 import time
 
 from configs import common
-import flax
 import jax
 import numpy as np
 import pytest
 
 from helpers import tiny_model_config
+from helpers import final_params
 from helpers import write_fashion_mnist
 from vit_flax import checkpoint
 from vit_flax import checkpointing
@@ -50,11 +50,6 @@ def committed_steps(workdir):
 def saving_now(workdir):
   return bool(glob.glob(os.path.join(workdir, 'checkpoints',
                                      '*.orbax-checkpoint-tmp*')))
-
-
-def final_params(workdir):
-  return flax.traverse_util.flatten_dict(
-      checkpoint.load(os.path.join(workdir, 'final.npz')), sep='/')
 
 
 @pytest.fixture(scope='module')
