@@ -123,12 +123,6 @@ def test_each_process_reads_its_own_part_of_the_data(data):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason='Known bug, not fixed: orbax async saves from 2 processes on one '
-    'machine fail or time out at their barriers in some runs '
-    '("Barrier _async_write_complete is already ongoing", "ArrayMetadata '
-    'Store contains metadata from just one process"); see the README.',
-    strict=False)
 def test_two_processes_match_one_process_and_resume(tmp_path, data):
   one = str(tmp_path / 'one_process')
   wait_for(start_processes(one, data, 1, 4, run_config()))
@@ -147,11 +141,11 @@ def test_two_processes_match_one_process_and_resume(tmp_path, data):
     assert f'Stopping at step {stop} on request' in log, log
   assert not os.path.exists(os.path.join(two, 'final.npz'))
   assert str(stop) in os.listdir(os.path.join(two, 'checkpoints'))
-  # Same topology. (Resuming with mesh_fsdp=4, params split across the
-  # processes, sometimes fails in orbax's finalize: "ArrayMetadata Store
-  # contains metadata from just one process"; see the README.)
+  # Same topology, now with every large param split across the two
+  # processes (FSDP over all 4 devices): orbax reshards on restore, and both
+  # processes write their parts of each later checkpoint.
   logs = wait_for(start_processes(two, data, 2, 2,
-                                  run_config(eval_figures=True)))
+                                  run_config(eval_figures=True, mesh_fsdp=4)))
   for log in logs:
     assert re.search(rf'Resumed from \S+/{stop}: step {stop}', log), log
 

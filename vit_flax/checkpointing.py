@@ -104,17 +104,22 @@ class Checkpointer:
     self.directory = epath.Path(workdir) / 'checkpoints'
     _open_directory(self.directory)
     _open_directory(self.directory / 'best')
-    def options(keep):
+    def options(keep, name):
       return ocp.CheckpointManagerOptions(
           preservation_policy=preservation_policy.LatestN(keep),
           enable_async_checkpointing=asynchronous,
-          cleanup_tmp_directories=True)
+          cleanup_tmp_directories=True,
+          # The two managers save concurrently; across processes their
+          # barriers must have distinct names, or one process's barrier of
+          # one manager meets the other's ("already ongoing") and hangs.
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=name))
 
     try:
       self.manager = ocp.CheckpointManager(self.directory,
-                                           options=options(keep))
-      self.best_manager = ocp.CheckpointManager(self.directory / 'best',
-                                                options=options(1))
+                                           options=options(keep, 'latest'))
+      self.best_manager = ocp.CheckpointManager(
+          self.directory / 'best', options=options(1, 'best'))
     except OSError as e:
       raise CheckpointError(
           f'Cannot use checkpoint directory {self.directory} ({e}); check '
