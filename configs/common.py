@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp.augment = 'auto'  # auto|inception_crop_flip|pad_crop_flip|pad_crop|flip|none.
   config.pp.curriculum = ()  # ((start, size), ...) train-size phases; () = crop.
   config.pp.curriculum_unit = 'steps'  # Unit of curriculum starts: steps|epochs.
+  config.pp.random_erase = 0.0  # Probability of random erasing (train only).
   config.pp.eval_crop_fraction = 1.0  # < 1: resize to crop/fraction, centre crop.
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer.
   config.prefetch = 2  # Batches transferred to the devices ahead of use.

@@ -149,6 +149,36 @@ def test_flip_mirrors_or_keeps_the_image():
   assert 0 < sum(flipped) < len(outs)  # Both happen.
 
 
+def test_random_erase_replaces_one_rectangle_with_noise():
+  image = np.full((20, 20, 1), 128, np.uint8)  # 128 -> 0.0039 in [-1, 1].
+  plain = input_pipeline.preprocess_train(image, tf.constant([0, 0], tf.int64),
+                                          20, 'none')
+  erased = 0
+  for i in range(32):
+    seed = tf.constant([i, 0], tf.int64)
+    out = input_pipeline.preprocess_train(image, seed, 20, 'none', 0.5).numpy()
+    again = input_pipeline.preprocess_train(image, seed, 20, 'none', 0.5)
+    np.testing.assert_array_equal(out, again)  # Stateless.
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    changed = np.any(out != plain, axis=-1)
+    if not changed.any():
+      continue
+    erased += 1
+    rows, cols = np.nonzero(changed)
+    box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    # One rectangle (a noise pixel may equal the gray by chance, hardly),
+    # of 2-33% of the area, rounded to whole pixels.
+    assert box.mean() > 0.95, box
+    assert 0.02 * 400 - 8 <= box.size <= 400 / 3 + 20, box.shape
+  assert 8 <= erased <= 24  # About half of the 32 images.
+
+
+def test_random_erase_must_be_a_probability():
+  with pytest.raises(input_pipeline.DataError,
+                     match='pp.random_erase=1.5 is not a probability'):
+    input_pipeline.Pipeline(data_config('fashion_mnist', random_erase=1.5))
+
+
 def test_eval_central_crop():
   image = tf.zeros((64, 64, 3), tf.uint8)
   assert input_pipeline.preprocess_eval(image, 32, 0.875).shape == (32, 32, 3)

@@ -355,7 +355,35 @@ def _to_rgb_float(image, size):
   return image / 127.5 - 1.0
 
 
-def preprocess_train(image, seed, size: int, augment: str):
+def random_erase(image, seed, probability: float):
+  """Random erasing (arXiv 1708.04896): with `probability`, one rectangle of
+  2-33% of the area and aspect ratio 0.3-3.3 becomes uniform noise."""
+  apply_seed, area_seed, ratio_seed, top_seed, left_seed, noise_seed = (
+      tf.unstack(tf.random.experimental.stateless_split(seed, 6)))
+  height, width = image.shape[0], image.shape[1]
+  area = height * width * tf.random.stateless_uniform(
+      [], area_seed, 0.02, 1 / 3)
+  ratio = tf.exp(tf.random.stateless_uniform(
+      [], ratio_seed, math.log(0.3), math.log(1 / 0.3)))
+  erase_h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * ratio)),
+                                     tf.int32), 1, height)
+  erase_w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / ratio)),
+                                     tf.int32), 1, width)
+  top = tf.random.stateless_uniform([], top_seed, 0, height - erase_h + 1,
+                                    tf.int32)
+  left = tf.random.stateless_uniform([], left_seed, 0, width - erase_w + 1,
+                                     tf.int32)
+  rows = tf.range(height)[:, None, None]
+  cols = tf.range(width)[None, :, None]
+  inside = ((rows >= top) & (rows < top + erase_h) &
+            (cols >= left) & (cols < left + erase_w))
+  inside &= tf.random.stateless_uniform([], apply_seed) < probability
+  noise = tf.random.stateless_uniform(tf.shape(image), noise_seed, -1.0, 1.0)
+  return tf.where(inside, noise, image)
+
+
+def preprocess_train(image, seed, size: int, augment: str,
+                     erase_probability: float = 0.0):
   """Augments one decoded image with stateless randomness keyed by `seed`."""
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
@@ -376,6 +404,11 @@ def preprocess_train(image, seed, size: int, augment: str):
                                            seed=crop_seed)
   if augment in ('inception_crop_flip', 'pad_crop_flip', 'flip'):
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  if erase_probability > 0:
+    # Its own seed, so the crops and flips stay those of runs without it.
+    image = random_erase(
+        image, tf.random.experimental.stateless_fold_in(seed, 2),
+        erase_probability)
   return image
 
 
@@ -435,6 +468,10 @@ class Pipeline:
     self.class_names = self.source.class_names
     self.augment = resolve_augment(pp.get('augment', 'auto'), config.dataset,
                                    self.source.image_shape)
+    self.erase_probability = pp.get('random_erase', 0.0)
+    if not 0.0 <= self.erase_probability <= 1.0:
+      raise DataError(f'pp.random_erase={self.erase_probability} is not a '
+                      'probability; use a value from 0 (off) to 1.')
     if config.batch % process_count or config.batch_eval % process_count:
       raise DataError(
           f'batch={config.batch} and batch_eval={config.batch_eval} must be '
@@ -482,11 +519,13 @@ class Pipeline:
     def preprocess(index, example):
       seed = tf.random.experimental.stateless_fold_in(base_seed, index)
       image = preprocess_train(self.source.decode(example['image']), seed,
-                               phase.image_size, self.augment)
+                               phase.image_size, self.augment,
+                               self.erase_probability)
       return {'image': image, 'label': example['label']}
 
     ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
-    if self.augment == 'none' and self.source.image_shape is not None:
+    if (self.augment == 'none' and not self.erase_probability and
+        self.source.image_shape is not None):
       # Nothing random and one shape: convert whole batches, which costs a
       # third of the CPU time of per-example calls (time the step needs).
       def decode(index, example):
