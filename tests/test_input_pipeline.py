@@ -150,27 +150,42 @@ def test_flip_mirrors_or_keeps_the_image():
 
 
 def test_random_erase_replaces_one_rectangle_with_noise():
-  image = np.full((20, 20, 1), 128, np.uint8)  # 128 -> 0.0039 in [-1, 1].
-  plain = input_pipeline.preprocess_train(image, tf.constant([0, 0], tf.int64),
-                                          20, 'none')
+  images = tf.fill((64, 20, 20, 3), 0.25)
+  seed = tf.constant([3, 4], tf.int64)
+  out = input_pipeline.random_erase(images, seed, 0.5).numpy()
+  np.testing.assert_array_equal(
+      out, input_pipeline.random_erase(images, seed, 0.5))  # Stateless.
+  assert out.min() >= -1.0 and out.max() <= 1.0
   erased = 0
-  for i in range(32):
-    seed = tf.constant([i, 0], tf.int64)
-    out = input_pipeline.preprocess_train(image, seed, 20, 'none', 0.5).numpy()
-    again = input_pipeline.preprocess_train(image, seed, 20, 'none', 0.5)
-    np.testing.assert_array_equal(out, again)  # Stateless.
-    assert out.min() >= -1.0 and out.max() <= 1.0
-    changed = np.any(out != plain, axis=-1)
+  for image in out:
+    changed = np.any(image != 0.25, axis=-1)
     if not changed.any():
       continue
     erased += 1
     rows, cols = np.nonzero(changed)
     box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    # One rectangle (a noise pixel may equal the gray by chance, hardly),
-    # of 2-33% of the area, rounded to whole pixels.
+    # One rectangle (a noise pixel may equal 0.25, hardly), of 2-33% of the
+    # area, rounded to whole pixels.
     assert box.mean() > 0.95, box
     assert 0.02 * 400 - 8 <= box.size <= 400 / 3 + 20, box.shape
-  assert 8 <= erased <= 24  # About half of the 32 images.
+  assert 16 <= erased <= 48  # About half of the 64 images.
+  assert not np.any(input_pipeline.random_erase(images, seed, 0.0) != 0.25)
+
+
+def test_random_erase_in_the_pipeline_is_a_function_of_seed_and_step():
+  config = data_config('fashion_mnist', crop=28, augment='none',
+                       random_erase=0.5)
+  config.tfds_manual_dir = None
+  first = list(input_pipeline.Pipeline(config).train_batches())
+  resumed = list(input_pipeline.Pipeline(config).train_batches(start_step=4))
+  for a, b in zip(first[4:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  config.pp.random_erase = 0.0
+  plain = list(input_pipeline.Pipeline(config).train_batches())
+  differs = [np.any(a['image'] != b['image'], axis=(1, 2, 3))
+             for a, b in zip(first, plain)]
+  assert 0.2 < np.mean(differs) < 0.8
+  np.testing.assert_array_equal(first[0]['label'], plain[0]['label'])
 
 
 def test_random_erase_must_be_a_probability():

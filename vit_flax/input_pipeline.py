@@ -355,35 +355,39 @@ def _to_rgb_float(image, size):
   return image / 127.5 - 1.0
 
 
-def random_erase(image, seed, probability: float):
-  """Random erasing (arXiv 1708.04896): with `probability`, one rectangle of
-  2-33% of the area and aspect ratio 0.3-3.3 becomes uniform noise."""
+def random_erase(images, seed, probability: float):
+  """Random erasing (arXiv 1708.04896) of a batch, vectorised: in each image,
+  with `probability`, one rectangle of 2-33% of the area and aspect ratio
+  0.3-3.3 becomes uniform noise. Whole-batch ops, since per-image ones would
+  cost the input pipeline a good part of a small model's step time."""
   apply_seed, area_seed, ratio_seed, top_seed, left_seed, noise_seed = (
       tf.unstack(tf.random.experimental.stateless_split(seed, 6)))
-  height, width = image.shape[0], image.shape[1]
-  area = height * width * tf.random.stateless_uniform(
-      [], area_seed, 0.02, 1 / 3)
-  ratio = tf.exp(tf.random.stateless_uniform(
-      [], ratio_seed, math.log(0.3), math.log(1 / 0.3)))
-  erase_h = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * ratio)),
-                                     tf.int32), 1, height)
-  erase_w = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / ratio)),
-                                     tf.int32), 1, width)
-  top = tf.random.stateless_uniform([], top_seed, 0, height - erase_h + 1,
-                                    tf.int32)
-  left = tf.random.stateless_uniform([], left_seed, 0, width - erase_w + 1,
-                                     tf.int32)
-  rows = tf.range(height)[:, None, None]
-  cols = tf.range(width)[None, :, None]
-  inside = ((rows >= top) & (rows < top + erase_h) &
-            (cols >= left) & (cols < left + erase_w))
-  inside &= tf.random.stateless_uniform([], apply_seed) < probability
-  noise = tf.random.stateless_uniform(tf.shape(image), noise_seed, -1.0, 1.0)
-  return tf.where(inside, noise, image)
+  batch = tf.shape(images)[0]
+  height, width = images.shape[1], images.shape[2]
+
+  def uniform(seed, low=0.0, high=1.0):
+    return tf.random.stateless_uniform([batch], seed, low, high)
+
+  area = height * width * uniform(area_seed, 0.02, 1 / 3)
+  ratio = tf.exp(uniform(ratio_seed, math.log(0.3), math.log(1 / 0.3)))
+  erase_h = tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1, height)
+  erase_w = tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1, width)
+  top = tf.floor(uniform(top_seed) * (height - erase_h + 1))
+  left = tf.floor(uniform(left_seed) * (width - erase_w + 1))
+
+  def per_image(x):  # (batch,) -> (batch, 1, 1, 1), to broadcast.
+    return tf.reshape(x, [-1, 1, 1, 1])
+
+  rows = tf.reshape(tf.range(height, dtype=tf.float32), [1, -1, 1, 1])
+  cols = tf.reshape(tf.range(width, dtype=tf.float32), [1, 1, -1, 1])
+  inside = ((rows >= per_image(top)) & (rows < per_image(top + erase_h)) &
+            (cols >= per_image(left)) & (cols < per_image(left + erase_w)) &
+            per_image(uniform(apply_seed) < probability))
+  noise = tf.random.stateless_uniform(tf.shape(images), noise_seed, -1.0, 1.0)
+  return tf.where(inside, noise, images)
 
 
-def preprocess_train(image, seed, size: int, augment: str,
-                     erase_probability: float = 0.0):
+def preprocess_train(image, seed, size: int, augment: str):
   """Augments one decoded image with stateless randomness keyed by `seed`."""
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
@@ -404,11 +408,6 @@ def preprocess_train(image, seed, size: int, augment: str,
                                            seed=crop_seed)
   if augment in ('inception_crop_flip', 'pad_crop_flip', 'flip'):
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-  if erase_probability > 0:
-    # Its own seed, so the crops and flips stay those of runs without it.
-    image = random_erase(
-        image, tf.random.experimental.stateless_fold_in(seed, 2),
-        erase_probability)
   return image
 
 
@@ -515,35 +514,42 @@ class Pipeline:
     b = self.local_batch
     base_seed = tf.constant(
         [self.config.seed, self.process_index], tf.int64)
+    # Batch-level randomness has keys of its own, apart from the examples'.
+    batch_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
 
     def preprocess(index, example):
       seed = tf.random.experimental.stateless_fold_in(base_seed, index)
       image = preprocess_train(self.source.decode(example['image']), seed,
-                               phase.image_size, self.augment,
-                               self.erase_probability)
-      return {'image': image, 'label': example['label']}
+                               phase.image_size, self.augment)
+      return index, {'image': image, 'label': example['label']}
+
+    def decode(index, example):
+      return index, {'image': self.source.decode(example['image']),
+                     'label': example['label']}
+
+    def finish(indices, batch):
+      """Whole-batch steps, keyed by the batch's first example index."""
+      image = batch['image']
+      if image.dtype == tf.uint8:
+        image = _to_rgb_float(image, phase.image_size)
+      if self.erase_probability:
+        seed = tf.random.experimental.stateless_fold_in(batch_seed,
+                                                        indices[0])
+        image = random_erase(image, seed, self.erase_probability)
+      return {'image': image, 'label': batch['label']}
 
     ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
-    if (self.augment == 'none' and not self.erase_probability and
-        self.source.image_shape is not None):
-      # Nothing random and one shape: convert whole batches, which costs a
-      # third of the CPU time of per-example calls (time the step needs).
-      def decode(index, example):
-        return index, {'image': self.source.decode(example['image']),
-                       'label': example['label']}
-
-      def to_float(index, batch):
-        del index
-        return {'image': _to_rgb_float(batch['image'], phase.image_size),
-                'label': batch['label']}
-
+    if self.augment == 'none' and self.source.image_shape is not None:
+      # Nothing random per example and one shape: convert whole batches,
+      # which costs a third of the CPU time of per-example calls (time the
+      # step needs).
       if ds.element_spec[1]['image'].dtype == tf.string:  # Encoded files.
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-      ds = ds.batch(b, drop_remainder=True)
-      ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-      return ds.prefetch(tf.data.AUTOTUNE)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    else:
+      ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(b, drop_remainder=True)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
   def train_batches(self, start_step: int = 0) -> Iterator[Dict[str, Any]]:
     """Batches for steps start_step, start_step + 1, ... up to total_steps."""
