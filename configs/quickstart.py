@@ -15,11 +15,19 @@ def get_config():
   # accuracy fell from 89.2% at step 3,000 to 88.8% at 5,000); padded crops
   # cost more accuracy than they saved here.
   config.pp.augment = 'flip'
+  # Random erasing (a noise rectangle in half of the images, the paper's
+  # rate) lets the model train longer and wider before it overfits: 90.8%
+  # here (90.6% at a rate of 0.25); 89.6% at 4,000 steps of width 64.
+  config.pp.random_erase = 0.5
   config.shuffle_buffer = 60_000  # The whole training set.
 
   config.model = model_configs.vit_config(
-      'quickstart', patch=7, hidden_size=64, mlp_dim=128, num_heads=4,
-      num_layers=4)
+      'quickstart', patch=7, hidden_size=96, mlp_dim=192, num_heads=4,
+      num_layers=4,
+      # Mean of the patch tokens, no class token, as big_vision's plain ViT.
+      classifier='gap')
+  # Width 96 (64 before) takes 1.45x the time per step and, with erasing,
+  # gets more from it than more steps at width 64 do (90.3% at 7,000).
   # A depthwise 3x3 conv over the 4x4 patch grid in every MLP (arXiv
   # 2211.05187): +0.9 points at 2,000 steps on this small data set.
   config.model.locality = True
@@ -31,8 +39,8 @@ def get_config():
   config.label_smoothing = 0.1
   config.batch = 256
   config.batch_eval = 1000
-  config.total_steps = 4_000  # 17 epochs; 6,000 gave no more (89.9%).
-  config.warmup_steps = 200
+  config.total_steps = 5_000  # 21 epochs.
+  config.warmup_steps = 250
   config.eval_every = 1_000
   config.progress_every = 200
   config.checkpoint_every = 1_000
