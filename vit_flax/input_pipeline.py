@@ -2,7 +2,8 @@
 
 Training batches are a pure function of (seed, step): every epoch is shuffled
 with its own seed and every augmentation is stateless, keyed by the example's
-position in the stream. A pipeline can therefore start at any step, which is
+position in the stream (random erasing, done on whole batches, by that of the
+batch's first example). A pipeline can therefore start at any step, which is
 what exact resume and resolution curricula need.
 """
 
