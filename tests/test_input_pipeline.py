@@ -175,7 +175,6 @@ def test_random_erase_replaces_one_rectangle_with_noise():
 def test_random_erase_in_the_pipeline_is_a_function_of_seed_and_step():
   config = data_config('fashion_mnist', crop=28, augment='none',
                        random_erase=0.5)
-  config.tfds_manual_dir = None
   first = list(input_pipeline.Pipeline(config).train_batches())
   resumed = list(input_pipeline.Pipeline(config).train_batches(start_step=4))
   for a, b in zip(first[4:], resumed):
