@@ -227,6 +227,30 @@ def test_fused_attention_and_remat_keep_names_and_numerics(overrides):
     np.testing.assert_allclose(og, g, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('dropout_rate,broadcast_dropout', [
+    (0.0, False), (0.3, False), (0.3, True)])
+def test_einsum_attention_matches_flax_values_and_gradients(
+    dropout_rate, broadcast_dropout):
+  # (batch, tokens, heads, depth), as MultiHeadDotProductAttention calls it.
+  q, k, v, cotangent = (jax.random.normal(jax.random.key(i), (2, 7, 3, 4))
+                        for i in range(4))
+  options = dict(dropout_rng=jax.random.key(9), dropout_rate=dropout_rate,
+                 broadcast_dropout=broadcast_dropout, deterministic=False)
+
+  def loss_and_grads(attention):
+    loss = lambda *qkv: jnp.sum(attention(*qkv, **options) * cotangent)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+  value, grads = loss_and_grads(models.einsum_attention)
+  flax_value, flax_grads = loss_and_grads(flax.linen.dot_product_attention)
+  np.testing.assert_allclose(value, flax_value, rtol=1e-5)
+  for g, flax_g in zip(grads, flax_grads):
+    np.testing.assert_allclose(g, flax_g, rtol=1e-4, atol=1e-5)
+  if dropout_rate:  # The same dropout mask, so it does drop something.
+    undropped = jnp.sum(models.einsum_attention(q, k, v) * cotangent)
+    assert abs(float(undropped) - float(value)) > 1e-3
+
+
 def test_fused_attention_rejects_attention_dropout_in_training():
   config = tiny_model_config(attention_impl='xla')
   config.transformer.attention_dropout_rate = 0.1

@@ -428,7 +428,7 @@ def table(results: Dict[str, Any]) -> str:
   r = results
   rows = [
       ('model', f'{r["model"]} ({r["model_type"]}), {r["image_size"]} px, '
-                f'{r["dtype"]}, attention {r["attention_impl"] or "flax"}, '
+                f'{r["dtype"]}, attention {r["attention_impl"] or "einsum"}, '
                 f'remat {r["remat"]}, mesh_fsdp {r["mesh_fsdp"]}'),
       ('machine', f'{r["num_devices"]} x {r["device_kind"]} '
                   f'({r["platform"]}), {r["num_processes"]} process(es); '
