@@ -1,15 +1,28 @@
 #!/bin/sh
 # The CPU rows of the README's benchmark table; each writes benchmarks/cpu_*.json.
-# Run from the repository root on a quiet machine (check `uptime`): ~13 minutes
+# Run from the repository root on a quiet machine (check `uptime`): ~16 minutes
 # on 2 cores. CIFAR-10 needs a download, so the reduced config reads the
 # offline Fashion-MNIST instead (28 px scaled to 64 px, same augmentation).
 set -e
+# With tcmalloc, as the README trains on CPUs; `LD_PRELOAD= sh
+# benchmarks/cpu.sh` runs every row with glibc malloc instead. The *_glibc rows
+# always use glibc malloc, for the comparison.
+if [ -z "${LD_PRELOAD+set}" ]; then
+  export LD_PRELOAD=libtcmalloc_minimal.so.4
+fi
 run() {
   name=$1
   shift
   python -m vit_flax.benchmark "$@" --json_out="benchmarks/cpu_$name.json"
 }
+run_glibc() {
+  name=$1
+  shift
+  LD_PRELOAD= python -m vit_flax.benchmark "$@" \
+    --json_out="benchmarks/cpu_$name.json"
+}
 run quickstart --config=configs/quickstart.py --steps=30 --rounds=5
+run_glibc quickstart_glibc --config=configs/quickstart.py --steps=30 --rounds=5
 run reduced --config=configs/vit_b16_reduced.py --config.dataset=fashion_mnist \
   --config.batch_eval=256 --steps=2 --rounds=2 --eval_steps=1 \
   --pipeline_batches=10
@@ -18,7 +31,9 @@ run ti16 --config=benchmarks/preset.py:ViT-Ti_16 --steps=5 --rounds=3 \
 run s16 --config=benchmarks/preset.py:ViT-S_16 --steps=3 --rounds=2 \
   --eval_steps=1
 run b16 --config=benchmarks/preset.py:ViT-B_16 --config.batch=16 \
-  --config.batch_eval=16 --steps=2 --rounds=2 --eval_steps=1
+  --config.batch_eval=16 --steps=2 --rounds=3 --eval_steps=1
 run b16_bf16 --config=benchmarks/preset.py:ViT-B_16 --config.batch=16 \
-  --config.batch_eval=16 --config.model.dtype=bfloat16 --steps=2 --rounds=2 \
+  --config.batch_eval=16 --config.model.dtype=bfloat16 --steps=2 --rounds=3 \
   --eval_steps=1 --synthetic_only
+run_glibc b16_glibc --config=benchmarks/preset.py:ViT-B_16 --config.batch=16 \
+  --config.batch_eval=16 --steps=2 --rounds=3 --eval_steps=1

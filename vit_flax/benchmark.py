@@ -359,6 +359,7 @@ def describe(config) -> Dict[str, Any]:
       'num_processes': jax.process_count(),
       'host_cpu': host_cpu(),
       'host_cpus': os.cpu_count(),
+      'malloc': train.host_allocator(),
       'host': platform.node(),
       'jax_version': jax.__version__,
       'load_average_1min': os.getloadavg()[0],
@@ -432,7 +433,8 @@ def table(results: Dict[str, Any]) -> str:
                 f'remat {r["remat"]}, mesh_fsdp {r["mesh_fsdp"]}'),
       ('machine', f'{r["num_devices"]} x {r["device_kind"]} '
                   f'({r["platform"]}), {r["num_processes"]} process(es); '
-                  f'host: {r["host_cpus"]} x {r["host_cpu"]}, load '
+                  f'host: {r["host_cpus"]} x {r["host_cpu"]}, '
+                  f'{r["malloc"]} malloc, load '
                   f'{r["load_average_1min"]:.2f} -> '
                   f'{r["load_average_1min_end"]:.2f}'),
       ('train step', f'{r["step_img_per_sec_per_device"]:.4g} img/s per '
