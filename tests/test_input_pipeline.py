@@ -149,6 +149,25 @@ def test_flip_mirrors_or_keeps_the_image():
   assert 0 < sum(flipped) < len(outs)  # Both happen.
 
 
+def test_flips_on_whole_batches_mirror_about_half_and_resume_exactly():
+  # Fashion-MNIST (one image shape) with 'flip' augments whole batches.
+  config = data_config('fashion_mnist', crop=28, augment='flip')
+  flipped = list(input_pipeline.Pipeline(config).train_batches())
+  resumed = list(input_pipeline.Pipeline(config).train_batches(start_step=4))
+  for a, b in zip(flipped[4:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  config.pp.augment = 'none'
+  plain = stack(list(input_pipeline.Pipeline(config).train_batches()))
+  flipped = stack(flipped)
+  np.testing.assert_array_equal(flipped['label'], plain['label'])
+  mirrored = [np.array_equal(f, p[:, ::-1])
+              for f, p in zip(flipped['image'], plain['image'])]
+  kept = [np.array_equal(f, p)
+          for f, p in zip(flipped['image'], plain['image'])]
+  assert all(m or k for m, k in zip(mirrored, kept))
+  assert 0.25 < np.mean(mirrored) < 0.75  # 48 images, each with p = 1/2.
+
+
 def test_random_erase_replaces_one_rectangle_with_noise():
   images = tf.fill((64, 20, 20, 3), 0.25)
   seed = tf.constant([3, 4], tf.int64)
