@@ -142,8 +142,10 @@ def log_cpu_allocator_hint():
   if jax.devices()[0].platform == 'cpu' and host_allocator() == 'glibc':
     logging.info(
         'Training on the CPU with glibc malloc; preloading tcmalloc is '
-        'usually much faster (Debian: apt-get install libtcmalloc-minimal4, '
-        'then LD_PRELOAD=libtcmalloc_minimal.so.4 python main.py ...).')
+        'often much faster, for up to twice the memory (Debian: apt-get '
+        'install libtcmalloc-minimal4, then '
+        'LD_PRELOAD=libtcmalloc_minimal.so.4 python main.py ...; README: '
+        'CPU memory allocator).')
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int):
