@@ -16,10 +16,7 @@ run() {
   python -m vit_flax.benchmark "$@" --json_out="benchmarks/cpu_$name.json"
 }
 run_glibc() {
-  name=$1
-  shift
-  LD_PRELOAD= python -m vit_flax.benchmark "$@" \
-    --json_out="benchmarks/cpu_$name.json"
+  (export LD_PRELOAD=; run "$@")  # A subshell: later rows keep tcmalloc.
 }
 run quickstart --config=configs/quickstart.py --steps=30 --rounds=5
 run_glibc quickstart_glibc --config=configs/quickstart.py --steps=30 --rounds=5

@@ -248,13 +248,12 @@ def einsum_attention(query, key, value, mask=None, dropout_rng=None,
   multiplier = None
   if not deterministic and dropout_rate > 0.0:
     keep_prob = 1.0 - dropout_rate
-    shape = query.shape[:-1] + key.shape[-2:-1]
-    if broadcast_dropout:
-      shape = (1,) * (len(shape) - 2) + shape[-2:]
-    keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+    weights_shape = query.shape[:-1] + key.shape[-2:-1]  # (b, h, q, k)
+    mask_shape = ((1, 1) + weights_shape[-2:] if broadcast_dropout
+                  else weights_shape)
+    keep = jax.random.bernoulli(dropout_rng, keep_prob, mask_shape)
     multiplier = jnp.broadcast_to(
-        keep.astype(dtype) / jnp.asarray(keep_prob, dtype),
-        query.shape[:-1] + key.shape[-2:-1])
+        keep.astype(dtype) / jnp.asarray(keep_prob, dtype), weights_shape)
   out = _heads_first_attention(query, key, value, multiplier)
   return jnp.swapaxes(out, -3, -2)
 
