@@ -251,6 +251,12 @@ def test_einsum_attention_matches_flax_values_and_gradients(
     assert abs(float(undropped) - float(value)) > 1e-3
 
 
+def test_einsum_attention_rejects_a_mask():
+  q = jnp.ones((1, 3, 2, 4))
+  with pytest.raises(NotImplementedError, match='no attention mask'):
+    models.einsum_attention(q, q, q, mask=jnp.ones((1, 2, 3, 3), bool))
+
+
 def test_fused_attention_rejects_attention_dropout_in_training():
   config = tiny_model_config(attention_impl='xla')
   config.transformer.attention_dropout_rate = 0.1
