@@ -191,6 +191,20 @@ def test_random_erase_replaces_one_rectangle_with_noise():
   assert not np.any(input_pipeline.random_erase(images, seed, 0.0) != 0.25)
 
 
+def test_random_erase_on_uint8_matches_erasing_after_the_float_conversion():
+  images = tf.constant(np.random.RandomState(0).randint(
+      0, 256, (32, 12, 12, 3)).astype(np.uint8))
+  seed = tf.constant([5, 6], tf.int64)
+  on_uint8 = input_pipeline.random_erase(images, seed, 0.5)
+  assert on_uint8.dtype == tf.uint8
+  as_float = input_pipeline._to_rgb_float(images, 12)
+  np.testing.assert_array_equal(
+      input_pipeline._to_rgb_float(on_uint8, 12),
+      input_pipeline.random_erase(as_float, seed, 0.5))
+  erased = np.any(on_uint8.numpy() != images.numpy(), axis=(1, 2, 3))
+  assert 0.2 < erased.mean() < 0.8
+
+
 def test_random_erase_in_the_pipeline_is_a_function_of_seed_and_step():
   config = data_config('fashion_mnist', crop=28, augment='none',
                        random_erase=0.5)
