@@ -62,6 +62,36 @@ def test_each_epoch_is_a_new_permutation_of_the_split():
   assert list(labels[:16]) != list(labels[16:])
 
 
+class StreamedArraySource(input_pipeline.ArraySource):
+  """The same examples, only offered as a tf.data stream."""
+
+  def read_arrays(self, *args, **kwargs):
+    return None
+
+
+@pytest.mark.parametrize('augment,erase', [('flip', 0.5), ('none', 0.0),
+                                           ('pad_crop_flip', 0.5)])
+def test_in_memory_examples_read_by_index_match_the_streamed_ones(augment,
+                                                                  erase):
+  rng = np.random.RandomState(1)
+  arrays = {'train': (rng.randint(0, 256, (40, 8, 8, 1)).astype(np.uint8),
+                      rng.randint(0, 10, 40)),
+            'test': (np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, int))}
+  config = data_config(crop=8, augment=augment, random_erase=erase)
+  config.batch, config.total_steps, config.shuffle_buffer = 12, 8, 16
+  batches = {}
+  for cls in (input_pipeline.ArraySource, StreamedArraySource):
+    source = cls('toy', arrays, class_names=list('abcdefghij'),
+                 image_shape=(8, 8, 1))
+    batches[cls] = list(input_pipeline.Pipeline(
+        config, source=source).train_batches(start_step=2))
+  assert len(batches[StreamedArraySource]) == 6  # Over 2+ epochs.
+  for a, b in zip(batches[input_pipeline.ArraySource],
+                  batches[StreamedArraySource]):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
 def test_processes_read_disjoint_parts():
   images = np.zeros((10, 2, 2, 1), np.uint8)
   source = input_pipeline.ArraySource(

@@ -59,6 +59,13 @@ class Source:
     """This process's part of `split`, in a fixed order, and its size."""
     raise NotImplementedError
 
+  def read_arrays(self, split: str, process_index: int, process_count: int,
+                  drop_remainder: bool
+                  ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """`read`'s examples as in-memory (images, labels), or None where the
+    source streams them."""
+    return None
+
   def decode(self, image: tf.Tensor) -> tf.Tensor:
     return image
 
@@ -109,14 +116,20 @@ class ArraySource(Source):
   def num_examples(self, split):
     return len(self._select(split)[1])
 
-  def read(self, split, process_index, process_count, drop_remainder):
+  def _part(self, split, process_index, process_count, drop_remainder):
     images, labels = self._select(split)
     start, end = _even_part(len(labels), process_index, process_count,
                             drop_remainder)
-    ds = tf.data.Dataset.from_tensor_slices({
-        'image': images[start:end], 'label': labels[start:end].astype(np.int64)
-    })
-    return ds, end - start
+    return images[start:end], labels[start:end].astype(np.int64)
+
+  def read_arrays(self, split, process_index, process_count, drop_remainder):
+    return self._part(split, process_index, process_count, drop_remainder)
+
+  def read(self, split, process_index, process_count, drop_remainder):
+    images, labels = self._part(split, process_index, process_count,
+                                drop_remainder)
+    ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+    return ds, len(labels)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -507,6 +520,10 @@ class Pipeline:
     self.train_split, self.eval_split = pp.train, pp.test
     self._train_ds, self.train_size = self.source.read(
         self.train_split, process_index, process_count, drop_remainder=True)
+    # In-memory examples are shuffled as indices (a buffer of integers, not
+    # of images) and gathered, in the same order as the examples would be.
+    self._train_arrays = self.source.read_arrays(
+        self.train_split, process_index, process_count, drop_remainder=True)
     if self.train_size == 0:
       raise DataError(f'Split {self.train_split!r} of {config.dataset} has no '
                       'examples for this process.')
@@ -524,8 +541,10 @@ class Pipeline:
     return self.phases[-1].image_size
 
   def _examples(self, start: int) -> tf.data.Dataset:
-    """(index, example) of the endless shuffled stream from `start` on."""
-    base = self._train_ds
+    """(index, example) of the endless shuffled stream from `start` on; for
+    in-memory sources, (index, position of the example in the arrays)."""
+    base = (self._train_ds if self._train_arrays is None else
+            tf.data.Dataset.range(self.train_size))
     buffer = max(1, min(self.config.shuffle_buffer, self.train_size))
     seed = self.config.seed * _EPOCH_SEED_STRIDE
 
@@ -560,8 +579,17 @@ class Pipeline:
       return index, {'image': self.source.decode(example['image']),
                      'label': example['label']}
 
+    if self._train_arrays is not None:
+      images, labels = (tf.constant(a) for a in self._train_arrays)
+
+      def gather(index, position):
+        return index, {'image': tf.gather(images, position),
+                       'label': tf.gather(labels, position)}
+
     def finish(indices, batch):
       """Whole-batch steps, keyed by the batch's first example index."""
+      if self._train_arrays is not None and per_batch:
+        _, batch = gather(indices, batch)
       image = batch['image']
       if per_batch and self.augment == 'flip':  # On uint8: a quarter the bytes.
         image = random_flip(image, tf.random.experimental.stateless_fold_in(
@@ -584,9 +612,12 @@ class Pipeline:
 
     ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
     if per_batch:
-      if ds.element_spec[1]['image'].dtype == tf.string:  # Encoded files.
+      if self._train_arrays is None and (  # Encoded files.
+          ds.element_spec[1]['image'].dtype == tf.string):
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     else:
+      if self._train_arrays is not None:
+        ds = ds.map(gather)
       ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(b, drop_remainder=True)
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
