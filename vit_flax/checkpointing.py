@@ -232,24 +232,27 @@ def restore_for_inference(workdir, which: str = 'latest'
         f'that saved a{" best" if which == "best" else ""} checkpoint?')
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step()
-  if step is None:
-    raise CheckpointError(f'No complete checkpoint in {directory}.')
   try:
-    # Onto one local device, whatever mesh or process count saved them.
-    metadata = ocp.StandardCheckpointHandler().metadata(
-        directory / str(step) / 'params').tree
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        metadata)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore(),
-        params=ocp.args.StandardRestore(target)))
-  except Exception as e:  # Orbax/tensorstore errors of many kinds.
-    raise CheckpointError(
-        f'Cannot read the checkpoint {directory / str(step)} '
-        f'({type(e).__name__}: {e}); it is corrupt.') from e
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f'No complete checkpoint in {directory}.')
+    try:
+      # Onto one local device, whatever mesh or process count saved them.
+      metadata = ocp.StandardCheckpointHandler().metadata(
+          directory / str(step) / 'params').tree
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          metadata)
+      restored = manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore(),
+          params=ocp.args.StandardRestore(target)))
+    except Exception as e:  # Orbax/tensorstore errors of many kinds.
+      raise CheckpointError(
+          f'Cannot read the checkpoint {directory / str(step)} '
+          f'({type(e).__name__}: {e}); it is corrupt.') from e
+  finally:
+    manager.close()  # Its background threads, on errors too.
   params = jax.tree.map(jax.device_get, restored['params'])
   logging.info('Loaded %s checkpoint of step %d from %s.', which, step,
                directory)
