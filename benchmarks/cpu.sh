@@ -1,6 +1,6 @@
 #!/bin/sh
 # The CPU rows of the README's benchmark table; each writes benchmarks/cpu_*.json.
-# Run from the repository root on a quiet machine (check `uptime`): ~16 minutes
+# Run from the repository root on a quiet machine (check `uptime`): ~18 minutes
 # on 2 cores. CIFAR-10 needs a download, so the reduced config reads the
 # offline Fashion-MNIST instead (28 px scaled to 64 px, same augmentation).
 set -e
@@ -18,8 +18,8 @@ run() {
 run_glibc() {
   (export LD_PRELOAD=; run "$@")  # A subshell: later rows keep tcmalloc.
 }
-run quickstart --config=configs/quickstart.py --steps=30 --rounds=5
-run_glibc quickstart_glibc --config=configs/quickstart.py --steps=30 --rounds=5
+run quickstart --config=configs/quickstart.py --steps=30 --rounds=10
+run_glibc quickstart_glibc --config=configs/quickstart.py --steps=30 --rounds=10
 # glibc: this step allocates a 13 GB buffer, and with tcmalloc keeping freed
 # buffers for reuse the process outgrew the VM's 23 GiB.
 run_glibc reduced --config=configs/vit_b16_reduced.py --config.dataset=fashion_mnist \
@@ -27,7 +27,7 @@ run_glibc reduced --config=configs/vit_b16_reduced.py --config.dataset=fashion_m
   --pipeline_batches=10
 run ti16 --config=benchmarks/preset.py:ViT-Ti_16 --steps=5 --rounds=3 \
   --eval_steps=2
-run s16 --config=benchmarks/preset.py:ViT-S_16 --steps=3 --rounds=2 \
+run s16 --config=benchmarks/preset.py:ViT-S_16 --steps=3 --rounds=4 \
   --eval_steps=1
 run b16 --config=benchmarks/preset.py:ViT-B_16 --config.batch=16 \
   --config.batch_eval=16 --steps=2 --rounds=3 --eval_steps=1
