@@ -96,7 +96,7 @@ def _absolute_ranges(split: str, sizes: Dict[str, int]) -> List[Tuple[str, int,
 
 
 class ArraySource(Source):
-  """Examples held in memory (or as file paths), split by index ranges."""
+  """Examples held in memory, split by index ranges."""
 
   def __init__(self, name, arrays: Dict[str, Tuple[np.ndarray, np.ndarray]],
                class_names, image_shape=None):
@@ -518,12 +518,15 @@ class Pipeline:
     self.local_batch = config.batch // process_count
     self.local_batch_eval = config.batch_eval // process_count
     self.train_split, self.eval_split = pp.train, pp.test
-    self._train_ds, self.train_size = self.source.read(
-        self.train_split, process_index, process_count, drop_remainder=True)
     # In-memory examples are shuffled as indices (a buffer of integers, not
     # of images) and gathered, in the same order as the examples would be.
     self._train_arrays = self.source.read_arrays(
         self.train_split, process_index, process_count, drop_remainder=True)
+    if self._train_arrays is None:
+      self._train_ds, self.train_size = self.source.read(
+          self.train_split, process_index, process_count, drop_remainder=True)
+    else:
+      self._train_ds, self.train_size = None, len(self._train_arrays[1])
     if self.train_size == 0:
       raise DataError(f'Split {self.train_split!r} of {config.dataset} has no '
                       'examples for this process.')
@@ -582,14 +585,14 @@ class Pipeline:
     if self._train_arrays is not None:
       images, labels = (tf.constant(a) for a in self._train_arrays)
 
-      def gather(index, position):
-        return index, {'image': tf.gather(images, position),
-                       'label': tf.gather(labels, position)}
+      def gather(positions):
+        return {'image': tf.gather(images, positions),
+                'label': tf.gather(labels, positions)}
 
     def finish(indices, batch):
       """Whole-batch steps, keyed by the batch's first example index."""
       if self._train_arrays is not None and per_batch:
-        _, batch = gather(indices, batch)
+        batch = gather(batch)
       image = batch['image']
       if per_batch and self.augment == 'flip':  # On uint8: a quarter the bytes.
         image = random_flip(image, tf.random.experimental.stateless_fold_in(
@@ -617,7 +620,7 @@ class Pipeline:
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     else:
       if self._train_arrays is not None:
-        ds = ds.map(gather)
+        ds = ds.map(lambda index, position: (index, gather(position)))
       ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(b, drop_remainder=True)
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
