@@ -520,13 +520,15 @@ class Pipeline:
     self.train_split, self.eval_split = pp.train, pp.test
     # In-memory examples are shuffled as indices (a buffer of integers, not
     # of images) and gathered, in the same order as the examples would be.
-    self._train_arrays = self.source.read_arrays(
+    arrays = self.source.read_arrays(
         self.train_split, process_index, process_count, drop_remainder=True)
-    if self._train_arrays is None:
+    if arrays is None:
+      self._train_arrays = None
       self._train_ds, self.train_size = self.source.read(
           self.train_split, process_index, process_count, drop_remainder=True)
-    else:
-      self._train_ds, self.train_size = None, len(self._train_arrays[1])
+    else:  # As tensors once, not again for every phase or resume.
+      self._train_arrays = tuple(tf.constant(a) for a in arrays)
+      self._train_ds, self.train_size = None, len(arrays[1])
     if self.train_size == 0:
       raise DataError(f'Split {self.train_split!r} of {config.dataset} has no '
                       'examples for this process.')
@@ -583,7 +585,7 @@ class Pipeline:
                      'label': example['label']}
 
     if self._train_arrays is not None:
-      images, labels = (tf.constant(a) for a in self._train_arrays)
+      images, labels = self._train_arrays
 
       def gather(positions):
         return {'image': tf.gather(images, positions),
@@ -597,20 +599,24 @@ class Pipeline:
       if per_batch and self.augment == 'flip':  # On uint8: a quarter the bytes.
         image = random_flip(image, tf.random.experimental.stateless_fold_in(
             flip_seed, indices[0]))
-      erase_seed = tf.random.experimental.stateless_fold_in(batch_seed,
-                                                            indices[0])
       size = phase.image_size
-      if image.dtype == tf.uint8 and image.shape[1:3] == (size, size):
-        # Erased on uint8 where no resize follows (it would blur the noise).
-        if image.shape[-1] == 1:
+      # Erased on uint8 where no resize follows (a resize would blur the
+      # noise), else after the float conversion.
+      erase_on_uint8 = (image.dtype == tf.uint8 and
+                        image.shape[1:3] == (size, size))
+
+      def erase(image):
+        return random_erase(image, tf.random.experimental.stateless_fold_in(
+            batch_seed, indices[0]), self.erase_probability)
+
+      if self.erase_probability and erase_on_uint8:
+        if image.shape[-1] == 1:  # Noise in every channel.
           image = tf.image.grayscale_to_rgb(image)
-        if self.erase_probability:
-          image = random_erase(image, erase_seed, self.erase_probability)
-        return {'image': _to_rgb_float(image, size), 'label': batch['label']}
+        image = erase(image)
       if image.dtype == tf.uint8:
         image = _to_rgb_float(image, size)
-      if self.erase_probability:
-        image = random_erase(image, erase_seed, self.erase_probability)
+      if self.erase_probability and not erase_on_uint8:
+        image = erase(image)
       return {'image': image, 'label': batch['label']}
 
     ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
