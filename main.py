@@ -6,10 +6,10 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-import tensorflow as tf
 
 from vit_flax import distributed
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import train
 
 FLAGS = flags.FLAGS
@@ -27,8 +27,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
+  host.hide_gpus_from_tensorflow()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
   try:

@@ -19,7 +19,7 @@ def get_config():
   config.pp.curriculum = ((0, 32), (40, 48), (70, 64))  # (epoch, size).
   config.pp.curriculum_unit = 'epochs'
 
-  config.model = model_configs.get_model_config('ViT-B_16_reduced')
+  config.model = model_configs.get_model_config('ViT-S_8-depth6')
   config.model.locality = True
 
   config.optimizer = 'adamw'

@@ -9,14 +9,14 @@ python main.py --config=configs/vit_staged_quickstart.py --workdir=/tmp/staged
 """
 
 from configs import quickstart
-from vit_flax import models_staged
+from vit_flax import model_configs
 
 
 def get_config():
   config = quickstart.get_config()
   with config.unlocked():
     config.model_type = 'staged'  # models_staged.StagedVisionTransformer.
-    config.model = models_staged.staged_config(
+    config.model = model_configs.staged_config(
         'staged_quickstart',
         patch=7,  # 28px images: a 4x4 grid of 7x7-pixel patches.
         stages=(

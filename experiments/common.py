@@ -7,7 +7,7 @@ A study builds configs, fits each to a step or wall-clock budget
 (`read_scalars`), measures the model (`count_params`, `flops_per_image`,
 `evaluate_split`) and writes what the runs measured as a markdown table
 (`report_header`, `markdown_table` with the shared columns) and a plot
-(`plot_panels`), stamped with the machine (`describe_machine`). A study's
+(`plot_panels`), stamped with the machine (`host.describe_machine`). A study's
 options are a dataclass extending `StudyOptions`, whose fields become its
 flags (`define_flags`, `options_from_flags`) and the command written into
 its report (`options_command`); `run_command` is the body of its `main`.
@@ -16,10 +16,8 @@ its report (`options_command`); `run_command` is the body of its `main`.
 import copy
 import dataclasses
 import datetime
-import functools
 import math
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -30,22 +28,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 from absl import logging
-import flax
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
-import jax.numpy as jnp
 from matplotlib.backends import backend_agg
 import matplotlib.figure
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from vit_flax import benchmark
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import input_pipeline
 from vit_flax import metrics
 from vit_flax import model_configs
-from vit_flax import models
 from vit_flax import train
 
 # Flags that `define_flags` defines belong to the calling study, so that its
@@ -306,46 +300,11 @@ def fit_to_seconds(name: str, config: ml_collections.ConfigDict,
 
 
 def num_classes_of(config: ml_collections.ConfigDict) -> int:
-  return input_pipeline.get_source(config.dataset, config.get('tfds_data_dir'),
-                                   config.get('tfds_manual_dir')).num_classes
+  return input_pipeline.source_of(config).num_classes
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
-  source = input_pipeline.get_source(config.dataset,
-                                     config.get('tfds_data_dir'),
-                                     config.get('tfds_manual_dir'))
-  return source.num_examples(config.pp.train)
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  return model_configs.create_model(config.get('model_type', 'vit'),
-                                    config.model, num_classes)
-
-
-def count_params(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """Parameters of `config.model` at the config's image size (no compute)."""
-  model = create_model(config, num_classes)
-  size = config.pp.crop
-  shapes = jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return models.count_params(shapes['params'])
-
-
-def flops_per_image(config: ml_collections.ConfigDict, num_classes: int,
-                    image_size: Optional[int] = None) -> float:
-  """FLOPs of one image through the jitted forward pass, by XLA's count.
-
-  XLA counts a multiply-add as 2 FLOPs; the count is of the compiled
-  program, so it includes the normalisations and softmaxes.
-  """
-  model = create_model(config, num_classes)
-  size = image_size or config.pp.crop
-  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  params = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.key(0), images)['params']
-  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-  return benchmark.cost_flops(forward.lower(params, images).compile())
+  return input_pipeline.source_of(config).num_examples(config.pp.train)
 
 
 def evaluate_split(config: ml_collections.ConfigDict, params,
@@ -360,30 +319,12 @@ def evaluate_split(config: ml_collections.ConfigDict, params,
   config.pp.test = split
   pipeline = input_pipeline.Pipeline(config, jax.process_index(),
                                      jax.process_count())
-  model = create_model(config, pipeline.num_classes)
+  model = model_configs.create_model_for(config, pipeline.num_classes)
   mesh = train.create_mesh()
   eval_step = train.make_eval_step(model, pipeline.num_classes, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))
   return train.evaluate(eval_step, params, pipeline,
                         train.batch_sharding(mesh))
-
-
-def describe_machine() -> Dict[str, str]:
-  """The hardware and software that produced the numbers, for the report."""
-  devices = jax.devices()
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cores = os.cpu_count()
-  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  return {
-      'CPU': f'{benchmark.host_cpu()}, {cores} cores usable',
-      'Devices': f'{len(devices)} x {devices[0].device_kind} '
-                 f'({devices[0].platform})',
-      'Load average (1, 5, 15 min) at start': load,
-      'Software': f'Python {platform.python_version()}, jax {jax.__version__}, '
-                  f'flax {flax.__version__}',
-  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -633,11 +574,10 @@ def options_command(module: str, options) -> str:
 def run_command(study: Callable[[], None], argv: Sequence[str]):
   """The body of a study's `main`: runs it, turning bad input into a message.
 
-  TensorFlow only feeds data, so it is kept off the accelerators JAX uses.
   """
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  tf.config.set_visible_devices([], 'GPU')
+  host.hide_gpus_from_tensorflow()
   try:
     study()
   except errors.UserError as e:

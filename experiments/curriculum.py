@@ -27,7 +27,9 @@ import ml_collections
 from configs import quickstart
 from experiments import common
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import input_pipeline
+from vit_flax import model_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +191,10 @@ def write_report(options, rows, runs, machine, started):
 
 def run_study(options: Options):
   started = datetime.datetime.now()
-  machine = common.describe_machine()
+  machine = host.describe_machine()
   configs = schedule_configs(options)
   first = next(iter(configs.values()))
-  params = common.count_params(first, common.num_classes_of(first))
+  params = model_stats.config_params(first, common.num_classes_of(first))
   train_examples = common.num_train_examples(first)
   rows, runs = [], {}
   for name, config in configs.items():

@@ -19,6 +19,8 @@ import ml_collections
 
 from configs import quickstart
 from experiments import common
+from vit_flax import host
+from vit_flax import model_stats
 
 SETTINGS = {'off': False, 'on': True}  # Table name -> model.locality.
 
@@ -111,7 +113,7 @@ def write_report(options, rows, runs, machine, started):
 
 def run_study(options: Options):
   started = datetime.datetime.now()
-  machine = common.describe_machine()
+  machine = host.describe_machine()
   rows, runs = [], {}
   for name, config in study_configs(options).items():
     num_classes = common.num_classes_of(config)
@@ -120,8 +122,8 @@ def run_study(options: Options):
         os.path.join(options.workdir, f'locality_{name}'),
         common.num_train_examples(config), options.train_eval_split)
     row.update(setting=name,
-               params=common.count_params(config, num_classes),
-               flops=common.flops_per_image(config, num_classes))
+               params=model_stats.config_params(config, num_classes),
+               flops=model_stats.config_flops(config, num_classes))
     rows.append(row)
     runs[name] = run
   write_report(options, rows, runs, machine, started)

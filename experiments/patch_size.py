@@ -22,6 +22,8 @@ import ml_collections
 from configs import quickstart
 from experiments import common
 from vit_flax import errors
+from vit_flax import host
+from vit_flax import model_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +144,15 @@ def write_report(options, rows, runs_by_budget, machine, started):
 
 def run_study(options: Options):
   started = datetime.datetime.now()
-  machine = common.describe_machine()
+  machine = host.describe_machine()
   configs = study_configs(options)
   measures = {}
   for patch, config in configs.items():
     num_classes = common.num_classes_of(config)
     measures[patch] = {
         'patch': patch, 'tokens': (config.pp.crop // patch)**2 + 1,
-        'params': common.count_params(config, num_classes),
-        'flops': common.flops_per_image(config, num_classes)}
+        'params': model_stats.config_params(config, num_classes),
+        'flops': model_stats.config_flops(config, num_classes)}
   train_examples = common.num_train_examples(next(iter(configs.values())))
 
   budgets = []  # (kind, name)

@@ -26,6 +26,8 @@ from configs import vit_staged_quickstart
 from configs import vit_tower_quickstart
 from experiments import common
 from vit_flax import errors
+from vit_flax import host
+from vit_flax import model_stats
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', 'docs/staged_vs_tower',
@@ -155,7 +157,7 @@ def write_report(rows, runs_by_budget, descriptions, machine, started):
 
 def run_study():
   started = datetime.datetime.now()
-  machine = common.describe_machine()
+  machine = host.describe_machine()
   available = model_configs()
   unknown = sorted(set(FLAGS.models) - set(available))
   if unknown or not FLAGS.models:
@@ -168,8 +170,8 @@ def run_study():
   for name, (config, _) in descriptions.items():
     num_classes = common.num_classes_of(config)
     measures[name] = {
-        'params': common.count_params(config, num_classes),
-        'flops': common.flops_per_image(config, num_classes),
+        'params': model_stats.config_params(config, num_classes),
+        'flops': model_stats.config_flops(config, num_classes),
         'train_examples': common.num_train_examples(config)}
 
   rows, runs_by_budget = [], {}

@@ -22,6 +22,8 @@ from configs import quickstart
 from configs import resnet8_quickstart
 from experiments import common
 from vit_flax import errors
+from vit_flax import host
+from vit_flax import model_stats
 
 MODELS = {
     'vit': ('ViT', quickstart.get_config,
@@ -158,14 +160,14 @@ def write_report(options, rows, runs, machine, started):
 
 def run_study(options: Options):
   started = datetime.datetime.now()
-  machine = common.describe_machine()
+  machine = host.describe_machine()
   configs = study_configs(options)
   measures = {}
   for model in options.models:
     config = options.with_data(MODELS[model][1]())
     num_classes = common.num_classes_of(config)
-    measures[model] = {'params': common.count_params(config, num_classes),
-                       'flops': common.flops_per_image(config, num_classes)}
+    measures[model] = {'params': model_stats.config_params(config, num_classes),
+                       'flops': model_stats.config_flops(config, num_classes)}
   rows, runs = [], {}
   for (model, percent), config in configs.items():
     name = f'{MODELS[model][0]} {percent}%'

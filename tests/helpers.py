@@ -1,14 +1,21 @@
 """Shared helpers for the tests: tiny configs, reading what a run wrote."""
 
+import functools
 import gzip
 import os
+import pathlib
+import types
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from configs import common
 from vit_flax import checkpoint
 from vit_flax import model_configs
+from vit_flax import models
 from vit_flax import optim
 from vit_flax import train
 
@@ -93,3 +100,51 @@ def final_params(workdir):
   """The flat params tiny_run.py saved in `workdir`/final.npz at the end."""
   return checkpoint.flatten(
       checkpoint.load(os.path.join(workdir, 'final.npz')))
+
+# A tiny model saved as .npz with images to run it on (predict, inference).
+NUM_CLASSES = 10  # Fashion-MNIST's.
+
+
+def inference_run_config():
+  config = common.get_config()
+  config.dataset = 'fashion_mnist'
+  config.pp.crop = 16
+  config.model = tiny_model_config()
+  return config
+
+
+def random_head_params(model, image_size, seed=1):
+  """Initial params with a random head (the initial one is zero: all ties)."""
+  params = jax.device_get(jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), jnp.ones((1, image_size, image_size, 3)))['params'])
+  head = params['head']['kernel']
+  params['head']['kernel'] = np.random.RandomState(seed).randn(
+      *head.shape).astype(np.float32)
+  return params
+
+
+def write_inference_run(directory):
+  """A tiny model saved as .npz in `directory`, its config, a few images."""
+  directory = pathlib.Path(directory)
+  config = inference_run_config()
+  model = models.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
+  params = random_head_params(model, 16)
+  checkpoint.save(params, directory / 'model.npz')
+  # Distinct content and sizes (resized to 16), one grayscale.
+  rows, cols = np.mgrid[0:20, 0:24]
+  red = np.array([220, 30, 30], np.uint8)
+  images = {
+      'dark.png': np.full((20, 24, 3), 20, np.uint8),
+      'gray.png': np.full((28, 28), 230, np.uint8),
+      'red.png': np.broadcast_to(red, (16, 16, 3)),
+      'stripes.png': np.stack([(cols * 10) % 256] * 3, -1).astype(np.uint8),
+      'checks.png': np.repeat(((rows // 4 + cols // 4) % 2 * 255).astype(
+          np.uint8)[..., None], 3, axis=-1),
+  }
+  for name, pixels in images.items():
+    Image.fromarray(pixels).save(directory / name)
+  return types.SimpleNamespace(
+      dir=directory, config=config, model=model, params=params,
+      images=[str(directory / name) for name in images])
+
+

@@ -12,6 +12,7 @@ import pytest
 
 from helpers import tiny_model_config
 from vit_flax import checkpoint
+from vit_flax import errors
 from vit_flax import models
 
 
@@ -160,7 +161,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_not_an_npz_is_a_clear_error(tmp_path):
   path = tmp_path / 'model.npz'
   path.write_text('this is not a checkpoint')
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'model\.npz is not a readable \.npz'):
     checkpoint.load(path)
 
@@ -170,7 +171,7 @@ def test_truncated_npz_is_a_clear_error(tmp_path):
   checkpoint.save(params, tmp_path / 'full.npz')
   data = (tmp_path / 'full.npz').read_bytes()
   (tmp_path / 'cut.npz').write_bytes(data[:len(data) // 2])
-  with pytest.raises(checkpoint.CheckpointError, match='truncated'):
+  with pytest.raises(errors.CheckpointError, match='truncated'):
     checkpoint.load(tmp_path / 'cut.npz')
 
 
@@ -179,7 +180,7 @@ def test_checkpoint_of_another_depth_names_the_keys(tmp_path):
   write_official_npz(tmp_path / 'deep.npz', deeper)
   config = tiny_model_config(num_layers=2)
   _, init_params = init(config)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'extra in the checkpoint \(Transformer/'
                      r'encoderblock_2/'):
     checkpoint.load_pretrained(pretrained_path=tmp_path / 'deep.npz',
@@ -191,7 +192,7 @@ def test_checkpoint_with_missing_keys_names_them(tmp_path):
   write_official_npz(tmp_path / 'shallow.npz', shallow)
   config = tiny_model_config(num_layers=2)
   _, init_params = init(config)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='missing from the checkpoint.*encoderblock_1'):
     checkpoint.load_pretrained(pretrained_path=tmp_path / 'shallow.npz',
                                init_params=init_params, model_config=config)
@@ -202,7 +203,7 @@ def test_checkpoint_of_another_width_names_the_shapes(tmp_path):
   write_official_npz(tmp_path / 'wide.npz', wide)
   config = tiny_model_config(hidden_size=16)
   _, init_params = init(config)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'encoder_norm/bias: checkpoint \(32,\) vs model '
                      r'\(16,\)'):
     checkpoint.load_pretrained(pretrained_path=tmp_path / 'wide.npz',
@@ -211,9 +212,9 @@ def test_checkpoint_of_another_width_names_the_shapes(tmp_path):
 
 def test_non_square_grid_is_a_clear_error():
   posemb = np.zeros((1, 1 + 6, 4), np.float32)  # a 2x3 grid
-  with pytest.raises(checkpoint.CheckpointError, match='not a square grid'):
+  with pytest.raises(errors.CheckpointError, match='not a square grid'):
     checkpoint.interpolate_posembed(posemb, 17, has_class_token=True)
-  with pytest.raises(checkpoint.CheckpointError, match='not a square grid'):
+  with pytest.raises(errors.CheckpointError, match='not a square grid'):
     checkpoint.interpolate_posembed(np.zeros((1, 17, 4)), 13, True)
 
 
@@ -221,5 +222,5 @@ def test_load_params_checks_shapes(tmp_path):
   _, wide = init(tiny_model_config(hidden_size=32))
   checkpoint.save(wide, tmp_path / 'wide.npz')
   _, narrow = init(tiny_model_config(hidden_size=16))
-  with pytest.raises(checkpoint.CheckpointError, match='other shapes'):
+  with pytest.raises(errors.CheckpointError, match='other shapes'):
     checkpoint.load_params(tmp_path / 'wide.npz', init_params=narrow)

@@ -23,6 +23,7 @@ from helpers import tiny_model_config
 from helpers import write_fashion_mnist
 from vit_flax import errors
 from vit_flax import input_pipeline
+from vit_flax import model_stats
 
 NUM_TRAIN, NUM_TEST = 512, 200
 
@@ -235,11 +236,11 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
 
 def test_resnet_costs_the_same_order_as_the_vit():
   vit, resnet = quickstart.get_config(), resnet8_quickstart.get_config()
-  ratio = (common.flops_per_image(resnet, 10) /
-           common.flops_per_image(vit, 10))
+  ratio = (model_stats.config_flops(resnet, 10) /
+           model_stats.config_flops(vit, 10))
   assert 1 / 3 < ratio < 3
-  assert 1 / 3 < (common.count_params(resnet, 10) /
-                  common.count_params(vit, 10)) < 3
+  assert 1 / 3 < (model_stats.config_params(resnet, 10) /
+                  model_stats.config_params(vit, 10)) < 3
 
 
 def differences(a, b, prefix=''):
@@ -321,5 +322,5 @@ def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
     assert row['Steps'] == str(scalars['loss'][-1].step) == '3'
     assert row['Epochs'] == f'{3 * 256 / NUM_TRAIN:.1f}'
     assert row['Params'] == common.format_count(
-        common.count_params(config, 10))
+        model_stats.config_params(config, 10))
     assert float(row['Wall time (s)']) > 0

@@ -13,6 +13,7 @@ import scipy.ndimage
 from helpers import tiny_model_config
 from vit_flax import checkpoint
 from vit_flax import model_configs
+from vit_flax import model_stats
 from vit_flax import models
 
 
@@ -303,7 +304,7 @@ def test_parameter_counts_match_the_paper(name, paper_count):
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                          train=False))
-  count = models.count_params(shapes['params'])
+  count = model_stats.count_params(shapes['params'])
   # The paper rounds (and counts L/16 as 307M where the model has 304.3M).
   assert abs(count - paper_count) / paper_count < 0.01
 
@@ -315,9 +316,20 @@ def test_every_preset_builds():
     shapes = jax.eval_shape(
         lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                                train=False))
-    assert models.count_params(shapes['params']) > 0, name
+    assert model_stats.count_params(shapes['params']) > 0, name
 
 
 def test_unknown_preset_lists_known_ones():
   with pytest.raises(ValueError, match='ViT-B_16'):
     model_configs.get_model_config('ViT-Q_16')
+
+
+def test_reduced_preset_alias_is_the_same_model_under_its_old_name():
+  new = model_configs.get_model_config('ViT-S_8-depth6')
+  old = model_configs.get_model_config('ViT-B_16_reduced')
+  assert old.model_name == 'ViT-B_16_reduced'
+  assert new.model_name == 'ViT-S_8-depth6'
+  old.model_name = new.model_name
+  assert old.to_dict() == new.to_dict()
+  assert (new.patches.size, new.hidden_size, new.transformer.num_layers) == (
+      (8, 8), 384, 6)

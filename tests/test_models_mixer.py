@@ -15,7 +15,7 @@ from configs import vit_b16_finetune
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import model_configs
-from vit_flax import models
+from vit_flax import model_stats
 from vit_flax import models_mixer
 from vit_flax import train
 
@@ -210,7 +210,7 @@ def test_load_pretrained_at_another_resolution_fails(tmp_path):
   _, pretrained = init(tiny_mixer_config(), image_size=16)
   checkpoint.save(pretrained, tmp_path / 'pre.npz')
   _, fresh = init(tiny_mixer_config(), image_size=24)  # 36 tokens, not 16.
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='token_mixing/Dense_0/kernel'):
     checkpoint.load_pretrained(pretrained_path=tmp_path / 'pre.npz',
                                init_params=fresh,
@@ -255,7 +255,7 @@ def test_presets_build_with_the_papers_parameter_counts(name, paper_count):
       tokens, config.tokens_mlp_dim)
   assert len([k for k in shapes if k.startswith('MixerBlock')]) == (
       config.num_blocks)
-  count = models.count_params(shapes)
+  count = model_stats.count_params(shapes)
   # Table 1 of the paper rounds to millions.
   assert abs(count - paper_count) / paper_count < 0.015
 

@@ -15,7 +15,7 @@ from configs import resnet_quickstart
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import model_configs
-from vit_flax import models
+from vit_flax import model_stats
 from vit_flax import train
 
 from helpers import train_losses
@@ -227,7 +227,7 @@ def test_presets_build_with_the_expected_parameter_counts(
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
                          train=False))['params']
-  count = models.count_params(shapes)
+  count = model_stats.count_params(shapes)
   assert count == expected_param_count(num_layers, bottleneck, 1000)
   if known_count is not None:
     assert count == known_count

@@ -14,8 +14,11 @@ from configs import vit_tower_quickstart
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import model_configs
+from vit_flax import model_stats
 from vit_flax import models
 from vit_flax import models_staged
+
+import staged_attention
 
 # (num_layers, hidden_size, num_heads, mlp_dim): widths 8 then 16.
 TINY_STAGES = ((1, 8, 2, 16), (2, 16, 2, 32))
@@ -23,7 +26,7 @@ TINY_STAGES = ((1, 8, 2, 16), (2, 16, 2, 32))
 
 def tiny_config(transition='pool', classifier='token', stages=TINY_STAGES,
                 **overrides):
-  config = models_staged.staged_config('tiny_staged', 4, stages, transition,
+  config = model_configs.staged_config('tiny_staged', 4, stages, transition,
                                        classifier)
   config.update(overrides)
   return config
@@ -84,7 +87,7 @@ def test_parameter_count_equals_hand_count(transition, classifier):
   expected += 2 * 16  # encoder_norm
   expected += 16 * 5 + 5  # head
   _, params = init(tiny_config(transition, classifier))
-  assert models.count_params(params) == expected
+  assert model_stats.count_params(params) == expected
 
 
 def test_parameter_names_follow_the_block_scheme():
@@ -202,7 +205,7 @@ def test_a_few_train_steps_lower_the_loss():
 
 def test_attention_weights_of_every_block_in_order():
   model, params = init(tiny_config('pool'))
-  blocks = models_staged.attention_weights(model, params,
+  blocks = staged_attention.attention_weights(model, params,
                                            random_images(batch=1))
   assert [(b.stage, b.block) for b in blocks] == [(0, 0), (1, 0), (1, 1)]
   assert [b.num_tokens for b in blocks] == [17, 5, 5]
@@ -215,16 +218,16 @@ def test_attention_weights_of_every_block_in_order():
 
 def test_rollout_needs_one_token_count():
   model, params = init(tiny_config('pool'))
-  blocks = models_staged.attention_weights(model, params,
+  blocks = staged_attention.attention_weights(model, params,
                                            random_images(batch=1))
   with pytest.raises(errors.UserError, match=r'\[17, 5, 5\]'):
-    models_staged.blocks_for_rollout(blocks)
-  last = models_staged.blocks_for_rollout(blocks, last_stage_only=True)
+    staged_attention.blocks_for_rollout(blocks)
+  last = staged_attention.blocks_for_rollout(blocks, last_stage_only=True)
   assert [(b.stage, b.block) for b in last] == [(1, 0), (1, 1)]
   model, params = init(tiny_config('linear'))
-  blocks = models_staged.attention_weights(model, params,
+  blocks = staged_attention.attention_weights(model, params,
                                            random_images(batch=1))
-  assert len(models_staged.blocks_for_rollout(blocks)) == 3
+  assert len(staged_attention.blocks_for_rollout(blocks)) == 3
 
 
 def test_locality_uses_each_stage_grid():
@@ -262,7 +265,7 @@ def count_config_params(config):
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, config.pp.crop, config.pp.crop, 3)),
       train=False))
-  return models.count_params(shapes['params'])
+  return model_stats.count_params(shapes['params'])
 
 
 def test_quickstart_twins_have_matched_parameter_counts():

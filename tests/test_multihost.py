@@ -23,7 +23,7 @@ from helpers import read_scalars
 from helpers import final_params
 from helpers import write_fashion_mnist
 from vit_flax import checkpoint
-from vit_flax import checkpointing
+from vit_flax import train_checkpoints
 from vit_flax import input_pipeline
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -135,7 +135,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, data):
     assert processes[0].poll() is None, read_log(processes[0])
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGTERM)
-  stop = checkpointing.MULTI_PROCESS_POLL_STEPS
+  stop = train_checkpoints.MULTI_PROCESS_POLL_STEPS
   for log in wait_for(processes):
     assert '10 classes; 4 devices.' in log, log
     assert f'Stopping at step {stop} on request' in log, log
@@ -163,6 +163,6 @@ def test_two_processes_match_one_process_and_resume(tmp_path, data):
     np.testing.assert_allclose(got_params[key], value, rtol=1e-5, atol=1e-6,
                                err_msg=key)
   # The checkpoint of the 2 processes reads into this 1-device process.
-  _, restored = checkpointing.restore_for_inference(two)
+  _, restored = train_checkpoints.restore_for_inference(two)
   for key, value in checkpoint.flatten(restored).items():
     np.testing.assert_array_equal(value, got_params[key], err_msg=key)

@@ -1,79 +1,33 @@
 """Tests of vit_flax.predict: same outputs as evaluation, bad inputs, CLI."""
 
-import functools
 import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
-from configs import common
-from helpers import tiny_model_config
-from vit_flax import checkpoint
-from vit_flax import errors
+from helpers import NUM_CLASSES
+from helpers import write_inference_run
+from vit_flax import inference
 from vit_flax import input_pipeline
-from vit_flax import model_configs
-from vit_flax import models
 from vit_flax import predict
 from vit_flax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = 10  # Fashion-MNIST's.
-
-
-def run_config():
-  config = common.get_config()
-  config.dataset = 'fashion_mnist'
-  config.pp.crop = 16
-  config.model = tiny_model_config()
-  return config
-
-
-def init_params(model, image_size, seed=1):
-  """Initial params with a random head (the initial one is zero: all ties)."""
-  params = jax.device_get(jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0), jnp.ones((1, image_size, image_size, 3)))['params'])
-  head = params['head']['kernel']
-  params['head']['kernel'] = np.random.RandomState(seed).randn(
-      *head.shape).astype(np.float32)
-  return params
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  """A tiny model saved as .npz, its config, and a few image files."""
-  directory = tmp_path_factory.mktemp('predict')
-  config = run_config()
-  model = models.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
-  params = init_params(model, 16)
-  checkpoint.save(params, directory / 'model.npz')
-  # Distinct content and sizes (resized to 16), one grayscale.
-  rows, cols = np.mgrid[0:20, 0:24]
-  red = np.array([220, 30, 30], np.uint8)
-  images = {
-      'dark.png': np.full((20, 24, 3), 20, np.uint8),
-      'gray.png': np.full((28, 28), 230, np.uint8),
-      'red.png': np.broadcast_to(red, (16, 16, 3)),
-      'stripes.png': np.stack([(cols * 10) % 256] * 3, -1).astype(np.uint8),
-      'checks.png': np.repeat(((rows // 4 + cols // 4) % 2 * 255).astype(
-          np.uint8)[..., None], 3, axis=-1),
-  }
-  for name, pixels in images.items():
-    Image.fromarray(pixels).save(directory / name)
-  return types.SimpleNamespace(
-      dir=directory, config=config, model=model, params=params,
-      images=[str(directory / name) for name in images])
+  return write_inference_run(tmp_path_factory.mktemp('predict'))
 
 
 def load(run):
-  return predict.load_inference_model(which=str(run.dir / 'model.npz'),
+  return inference.load_inference_model(which=str(run.dir / 'model.npz'),
                                       config=run.config)
 
 
@@ -89,10 +43,10 @@ def eval_tensors(paths, size):
 
 
 def test_predict_matches_the_eval_step_on_the_same_tensors(run):
-  inference = load(run)
-  assert inference.image_size == 16 and inference.num_classes == NUM_CLASSES
+  loaded = load(run)
+  assert loaded.image_size == 16 and loaded.num_classes == NUM_CLASSES
   # batch_size 2: three batches, the last one padded.
-  predictions = predict.predict_files(inference, run.images,
+  predictions = predict.predict_files(loaded, run.images,
                                       top_k=NUM_CLASSES, batch_size=2)
   assert [p.path for p in predictions] == run.images
   assert all(p.error is None for p in predictions)
@@ -117,28 +71,17 @@ def test_predict_matches_the_eval_step_on_the_same_tensors(run):
 
 
 def test_class_names_come_from_the_dataset(run):
-  inference = load(run)
-  names, note = predict.dataset_class_names(inference.config, NUM_CLASSES)
+  loaded = load(run)
+  names, note = inference.dataset_class_names(loaded.config, NUM_CLASSES)
   assert note is None
   assert names[0] == 'T-shirt/top' and names[9] == 'Ankle boot'
-  (p,) = predict.predict_files(inference, run.images[:1], class_names=names,
+  (p,) = predict.predict_files(loaded, run.images[:1], class_names=names,
                                top_k=3)
   assert len(p.classes) == 3
   assert [name for _, name, _ in p.classes] == [names[i]
                                                 for i, _, _ in p.classes]
   probabilities = [prob for _, _, prob in p.classes]
   assert probabilities == sorted(probabilities, reverse=True)
-
-
-def test_class_names_fall_back_to_indices_with_a_note(run):
-  config = run_config()
-  config.dataset = 'no_such_dataset_anywhere'
-  names, note = predict.dataset_class_names(config, NUM_CLASSES)
-  assert names == [str(i) for i in range(NUM_CLASSES)]
-  assert 'no_such_dataset_anywhere' in note and '--class_names_file' in note
-  names, note = predict.dataset_class_names(run.config, 7)
-  assert names == [str(i) for i in range(7)]
-  assert 'has 10 classes but the model 7' in note
 
 
 def test_each_bad_file_gets_a_message_and_the_others_are_predicted(run,
@@ -164,38 +107,6 @@ def test_each_bad_file_gets_a_message_and_the_others_are_predicted(run,
   good = [p for p in predictions if p.error is None]
   assert [p.path for p in good] == run.images[:2]
   assert all(len(p.classes) == 5 for p in good)
-
-
-def test_checkpoint_and_flag_errors_are_clear(run, tmp_path):
-  with pytest.raises(checkpoint.CheckpointNotFoundError, match='not.npz'):
-    predict.load_inference_model(which=str(tmp_path / 'not.npz'),
-                                 config=run.config)
-  with pytest.raises(errors.UserError, match='--workdir'):
-    predict.load_inference_model(which='best', config=run.config)
-  with pytest.raises(errors.UserError, match='exactly one of --config'):
-    predict.load_inference_model(which=str(run.dir / 'model.npz'))
-  with pytest.raises(errors.UserError, match='not --workdir'):
-    predict.load_inference_model(workdir=str(tmp_path),
-                                 which=str(run.dir / 'model.npz'))
-  other = run_config()
-  other.model.transformer.mlp_dim = 8
-  with pytest.raises(checkpoint.CheckpointError, match='MlpBlock_3'):
-    predict.load_inference_model(which=str(run.dir / 'model.npz'),
-                                 config=other)
-
-
-def test_a_preset_takes_the_image_size_of_its_position_embeddings(tmp_path):
-  model = models.VisionTransformer(
-      num_classes=3, **model_configs.get_model_config('testing'))
-  checkpoint.save(init_params(model, 32), tmp_path / 'testing.npz')
-  inference = predict.load_inference_model(
-      which=str(tmp_path / 'testing.npz'), model_name='testing')
-  assert inference.image_size == 32  # 2x2 patches of 16 pixels.
-  assert inference.num_classes == 3
-  assert predict.pixels_per_patch(
-      model_configs.get_model_config('R50+ViT-B_16')) == 16
-  assert predict.pixels_per_patch(
-      model_configs.get_model_config('R26+ViT-B_32')) == 32
 
 
 def test_text_json_and_grid_outputs(run):
@@ -238,6 +149,6 @@ def test_cli_predicts_the_good_files_and_exits_nonzero_on_bad_ones(run,
   assert [item['file'] for item in items] == [
       run.images[0], str(tmp_path / 'notes.txt'), run.images[1]]
   names = {p['name'] for item in items for p in item.get('predictions', [])}
-  class_names = predict.dataset_class_names(run.config, NUM_CLASSES)[0]
+  class_names = inference.dataset_class_names(run.config, NUM_CLASSES)[0]
   assert names and names <= set(class_names)
   assert Image.open(tmp_path / 'grid.png').mode == 'RGB'

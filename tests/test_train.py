@@ -45,7 +45,7 @@ def tiny_config(**overrides):
   config.shuffle_buffer = 32
   # Off: tfds.testing.mock_data patches epath process-wide while it builds
   # datasets, which breaks orbax's background saves (tests/tiny_run.py and
-  # test_checkpointing.py cover checkpoints on real files).
+  # test_train_checkpoints.py cover checkpoints on real files).
   config.checkpoint_every = 0
   config.eval_figures = False
   config.update(overrides)
@@ -247,16 +247,3 @@ def test_main_exits_non_zero_with_the_message_alone(tmp_path):
   assert result.returncode != 0
   assert "Error: Unknown optimizer 'lamb'" in result.stderr
   assert 'Traceback' not in result.stderr
-
-
-@pytest.mark.parametrize('preload,expected', [
-    ('', 'glibc'),
-    ('libtcmalloc_minimal.so.4', 'tcmalloc'),  # .ci/run installs it.
-])
-def test_host_allocator_names_the_malloc_in_use(preload, expected):
-  result = subprocess.run(
-      [sys.executable, '-c',
-       'from vit_flax import train; print(train.host_allocator())'],
-      env=dict(os.environ, LD_PRELOAD=preload), capture_output=True,
-      text=True, cwd=REPO, check=True)
-  assert result.stdout.split()[-1] == expected

@@ -38,9 +38,11 @@ import numpy as np
 
 from vit_flax import distributed
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import input_pipeline
 from vit_flax import metrics
 from vit_flax import model_configs
+from vit_flax import model_stats
 from vit_flax import optim
 from vit_flax import train
 
@@ -109,14 +111,6 @@ def fastest_round(run_round, rounds: int) -> float:
     run_round()
     seconds.append(time.perf_counter() - start)
   return min(seconds)
-
-
-def cost_flops(stage) -> float:
-  """FLOPs of a lowered or compiled computation, by XLA's cost analysis."""
-  cost = stage.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
-    cost = cost[0]
-  return float((cost or {}).get('flops', 0.0))
 
 
 def measure_matmul_peak(dtype, devices, size: int = MATMUL_SIZE) -> float:
@@ -197,8 +191,7 @@ def measure_steps(config, num_classes: int, steps: int, rounds: int,
   mesh = train.create_mesh(fsdp=config.get('mesh_fsdp', 1))
   data_sharding = train.batch_sharding(mesh)
   size = config.pp.crop
-  model_type = config.get('model_type', 'vit')
-  model = model_configs.create_model(model_type, config.model, num_classes)
+  model = model_configs.create_model_for(config, num_classes)
   schedule = optim.create_learning_rate_schedule(
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
@@ -219,8 +212,7 @@ def measure_steps(config, num_classes: int, steps: int, rounds: int,
   # so once for the whole micro-batch.
   reference = reference_config(config)
   if reference.to_dict() != config.to_dict():
-    reference_model = model_configs.create_model(
-        model_type, reference.model, num_classes)
+    reference_model = model_configs.create_model_for(reference, num_classes)
     micro_batch = {
         'image': jax.ShapeDtypeStruct((reference.batch, size, size, 3),
                                       jnp.float32, sharding=data_sharding),
@@ -229,10 +221,11 @@ def measure_steps(config, num_classes: int, steps: int, rounds: int,
     lowered = train.make_train_step(
         reference_model, tx, schedule, reference, num_classes, mesh,
         shardings).lower(state, micro_batch)
-  model_flops = cost_flops(lowered)
+  model_flops = model_stats.cost_flops(lowered)
   # What the devices run; a loop body counts once, so x accum_steps (which
   # counts the optimizer update that many times too).
-  device_flops = cost_flops(compiled) * config.get('accum_steps', 1)
+  device_flops = (model_stats.cost_flops(compiled) *
+                  config.get('accum_steps', 1))
 
   def train_steps(n):
     nonlocal state
@@ -326,18 +319,6 @@ def measure_loop(config, steps: int, rounds: int) -> Optional[float]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def host_cpu() -> str:
-  """The host's CPU model, as Linux names it."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def describe(config) -> Dict[str, Any]:
   device = jax.devices()[0]
   return {
@@ -357,9 +338,9 @@ def describe(config) -> Dict[str, Any]:
       'device_kind': device.device_kind,
       'num_devices': jax.device_count(),
       'num_processes': jax.process_count(),
-      'host_cpu': host_cpu(),
+      'host_cpu': host.host_cpu(),
       'host_cpus': os.cpu_count(),
-      'malloc': train.host_allocator(),
+      'malloc': host.host_allocator(),
       'host': platform.node(),
       'jax_version': jax.__version__,
       'load_average_1min': os.getloadavg()[0],
@@ -469,9 +450,7 @@ def table(results: Dict[str, Any]) -> str:
 
 def main(argv):
   del argv
-  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  host.hide_gpus_from_tensorflow()
   distributed.initialize()
   try:
     results = run(FLAGS.config, steps=FLAGS.steps, rounds=FLAGS.rounds,

@@ -8,7 +8,7 @@ whose keys are the parameter paths joined by '/'. Paths are read through
 import io
 import math
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from absl import logging
 from etils import epath
@@ -18,15 +18,12 @@ import numpy as np
 import scipy.ndimage
 
 from vit_flax import errors
+from vit_flax import models
 
 Params = Dict[str, Any]
 
 
-class CheckpointError(errors.UserError):
-  """A checkpoint that cannot be read or does not fit the model."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+class CheckpointNotFoundError(errors.CheckpointError, FileNotFoundError):
   """No file at the checkpoint path."""
 
 
@@ -34,6 +31,25 @@ def flatten(params: Mapping[str, Any]) -> Dict[str, Any]:
   """{'a/b/kernel': array} from a nested params dict."""
   return flax.traverse_util.flatten_dict(
       flax.core.unfreeze(params), sep='/')
+
+
+def natural_key(name: str) -> List[Any]:
+  """Sort key putting 'encoderblock_2' before 'encoderblock_10'."""
+  return [int(part) if part.isdigit() else part
+          for part in re.split(r'(\d+)', name)]
+
+
+def find_param(params: Mapping[str, Any], name: str) -> Optional[np.ndarray]:
+  """The first parameter called `name`, in natural order of module names."""
+  for key in sorted(params, key=natural_key):
+    value = params[key]
+    if key == name and not isinstance(value, Mapping):
+      return np.asarray(jax.device_get(value))
+    if isinstance(value, Mapping):
+      found = find_param(value, name)
+      if found is not None:
+        return found
+  return None
 
 
 def recover_tree(keys, values) -> Params:
@@ -53,13 +69,13 @@ def load(path) -> Params:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       arrays = {key: npz[key] for key in npz.files}
   except Exception as e:  # zipfile, pickle and format errors all end here.
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'Checkpoint {path} is not a readable .npz file ({type(e).__name__}: '
         f'{e}). It may be truncated or of another format; download it again '
         'or point to a file written by numpy.savez / vit_flax.checkpoint.save.'
     ) from e
   if not arrays:
-    raise CheckpointError(f'Checkpoint {path} holds no arrays.')
+    raise errors.CheckpointError(f'Checkpoint {path} holds no arrays.')
   return recover_tree(list(arrays), list(arrays.values()))
 
 
@@ -102,7 +118,7 @@ def inspect_params(*, params: Params, expected: Params,
     logging.info('Checkpoint has %d keys the model lacks: %s', len(extra),
                  extra)
   if (missing and fail_if_missing) or (extra and fail_if_extra):
-    raise CheckpointError(
+    raise errors.CheckpointError(
         'The checkpoint does not match the model architecture: '
         f'{_describe_keys("missing from the checkpoint", missing)}'
         f'{_describe_keys("extra in the checkpoint", extra)}'
@@ -132,7 +148,7 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int,
   """
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'Position embeddings must have shape (1, tokens, width), got '
         f'{posemb.shape}.')
   num_prefix = 1 if has_class_token else 0
@@ -140,13 +156,13 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int,
   gs_old = math.isqrt(len(grid))
   gs_new = math.isqrt(num_tokens - num_prefix)
   if gs_old * gs_old != len(grid):
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'Cannot resize position embeddings: {len(grid)} grid tokens '
         f'({posemb.shape[1]} with {num_prefix} class token) is not a square '
         'grid. Only square grids can be resized; check the classifier '
         '(token vs gap) matches the checkpoint.')
   if gs_new * gs_new != num_tokens - num_prefix:
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'Cannot resize position embeddings to {num_tokens} tokens: '
         f'{num_tokens - num_prefix} grid tokens is not a square grid.')
   logging.info('interpolate_posembed: grid size from %d to %d', gs_old,
@@ -213,10 +229,10 @@ def load_pretrained(*, pretrained_path, init_params: Params,
                  np.shape(init_flat[posemb_key]))
     restored[posemb_key] = interpolate_posembed(
         restored[posemb_key], num_tokens=init_flat[posemb_key].shape[1],
-        has_class_token=model_config.get('classifier', 'token') in (
-            'token', 'token_unpooled'))
+        has_class_token=models.num_prefix_tokens(
+            model_config.get('classifier', 'token')) > 0)
 
-  _check_shapes(restored, init_flat, pretrained_path)
+  check_shapes(restored, init_flat, f'Checkpoint {pretrained_path}')
 
   cast = {k: np.asarray(restored[k]).astype(np.asarray(v).dtype)
           for k, v in init_flat.items()}
@@ -227,19 +243,27 @@ def load_params(path, init_params: Optional[Params] = None) -> Params:
   """Loads `path`; with `init_params`, also checks keys and shapes match."""
   params = load(path)
   if init_params is not None:
-    inspect_params(params=params, expected=init_params)
-    _check_shapes(flatten(params), flatten(init_params), path)
+    check_fits(params, init_params, f'Checkpoint {path}')
   return params
 
 
-def _check_shapes(flat: Dict[str, Any], init_flat: Dict[str, Any], path):
+def check_fits(params: Params, expected: Params, source: str) -> None:
+  """Raises CheckpointError unless `params` have the keys and shapes of
+  `expected` (arrays or shape structs); `source` names them in the error."""
+  inspect_params(params=params, expected=expected)
+  check_shapes(flatten(params), flatten(expected), source)
+
+
+def check_shapes(flat: Dict[str, Any], expected_flat: Dict[str, Any],
+                 source: str) -> None:
+  """Raises CheckpointError naming the params whose shapes differ."""
   mismatched = [
-      f'{k}: checkpoint {np.shape(flat[k])} vs model {np.shape(v)}'
-      for k, v in init_flat.items() if np.shape(flat[k]) != np.shape(v)]
+      f'{k}: checkpoint {np.shape(flat[k])} vs model {tuple(np.shape(v))}'
+      for k, v in expected_flat.items() if np.shape(flat[k]) != np.shape(v)]
   if mismatched:
-    raise CheckpointError(
-        f'Checkpoint {path} has {len(mismatched)} parameters of other shapes '
-        f'than the model: {"; ".join(mismatched[:8])}'
+    raise errors.CheckpointError(
+        f'{source} has {len(mismatched)} parameters of other shapes than the '
+        f'model: {"; ".join(mismatched[:8])}'
         f'{" ..." if len(mismatched) > 8 else ""}. Check that the model '
-        'config (model_name, hidden_size, mlp_dim, num_heads, patches) is the '
-        'one the checkpoint was trained with.')
+        'config (model_name, hidden_size, mlp_dim, num_heads, patches, '
+        'classifier) is the one the checkpoint was trained with.')

@@ -11,3 +11,8 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """A config value that cannot work (names the field and valid values)."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint (official `.npz` or a run's orbax checkpoint) that cannot be
+  read, restored or used with the model at hand."""

@@ -10,7 +10,7 @@ from absl import flags
 from absl import logging
 
 from vit_flax import checkpoint
-from vit_flax import checkpointing
+from vit_flax import train_checkpoints
 from vit_flax import errors
 
 flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def export(workdir: str, out: str, best: bool = False) -> int:
   """Writes the params of the latest (or best) checkpoint; returns their count."""
-  _, params = checkpointing.restore_for_inference(
+  _, params = train_checkpoints.restore_for_inference(
       workdir, 'best' if best else 'latest')
   checkpoint.save(params, out)
   count = sum(x.size for x in checkpoint.flatten(params).values())

@@ -8,6 +8,7 @@ what exact resume and resolution curricula need.
 """
 
 import dataclasses
+import functools
 import gzip
 import math
 import os
@@ -340,6 +341,12 @@ def get_source(dataset: str, data_dir: Optional[str] = None,
   return TfdsSource(dataset, data_dir, manual_dir)
 
 
+def source_of(config) -> Source:
+  """The source of `config.dataset`, with the config's TFDS directories."""
+  return get_source(config.dataset, config.get('tfds_data_dir'),
+                    config.get('tfds_manual_dir'))
+
+
 # Preprocessing.
 
 
@@ -500,9 +507,7 @@ class Pipeline:
     self.process_index = process_index
     self.process_count = process_count
     pp = config.pp
-    self.source = source or get_source(config.dataset,
-                                       config.get('tfds_data_dir'),
-                                       config.get('tfds_manual_dir'))
+    self.source = source or source_of(config)
     self.num_classes = self.source.num_classes
     self.class_names = self.source.class_names
     self.augment = resolve_augment(pp.get('augment', 'auto'), config.dataset,
@@ -562,75 +567,104 @@ class Pipeline:
     return ds.skip(offset).enumerate(start=start)
 
   def _train_dataset(self, phase: Phase, start_step: int) -> tf.data.Dataset:
+    """The batches of `phase` from `start_step` on: examples in stream order,
+    augmented one by one where that is needed, then batched and finished as
+    whole batches."""
     b = self.local_batch
-    base_seed = tf.constant(
-        [self.config.seed, self.process_index], tf.int64)
-    # Batch-level randomness has keys of its own, apart from the examples'.
-    batch_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
-    flip_seed = tf.random.experimental.stateless_fold_in(base_seed, -2)
-    # Nothing random per example and one shape: augment whole batches, at a
-    # third to a half of the CPU time of per-example calls (time the step
-    # needs on a CPU).
-    per_batch = (self.augment in ('none', 'flip') and
-                 self.source.image_shape is not None)
+    ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
+    per_example = self._per_example_fn(phase)
+    if per_example is not None:
+      ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(b, drop_remainder=True)
+    ds = ds.map(self._per_batch_fn(phase), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  @property
+  def _augments_whole_batches(self) -> bool:
+    """Nothing random per example and one image shape: then batches are
+    augmented as a whole, at a third to a half of the CPU time of
+    per-example calls (time a small model's step needs on a CPU)."""
+    return (self.augment in ('none', 'flip') and
+            self.source.image_shape is not None)
+
+  def _seed(self, *keys) -> tf.Tensor:
+    """A stateless seed of this process, folded with `keys`."""
+    seed = tf.constant([self.config.seed, self.process_index], tf.int64)
+    for key in keys:
+      seed = tf.random.experimental.stateless_fold_in(seed, key)
+    return seed
+
+  def _gather(self, positions):
+    """In-memory examples at `positions` (one or a batch of them)."""
+    images, labels = self._train_arrays
+    return {'image': tf.gather(images, positions),
+            'label': tf.gather(labels, positions)}
+
+  def _per_example_fn(self, phase: Phase):
+    """(index, example) -> (index, example), decoded and augmented per
+    example, or None when nothing needs doing before batching."""
+    in_memory = self._train_arrays is not None
+    if self._augments_whole_batches:
+      if in_memory:
+        return None  # Gathered a batch at a time.
+      encoded = self._train_ds.element_spec['image'].dtype == tf.string
+      if not encoded:
+        return None
+
+      def decode(index, example):
+        return index, {'image': self.source.decode(example['image']),
+                       'label': example['label']}
+
+      return decode
 
     def preprocess(index, example):
-      seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+      if in_memory:
+        example = self._gather(example)
+      seed = self._seed(index)
       image = preprocess_train(self.source.decode(example['image']), seed,
                                phase.image_size, self.augment)
       return index, {'image': image, 'label': example['label']}
 
-    def decode(index, example):
-      return index, {'image': self.source.decode(example['image']),
-                     'label': example['label']}
+    return preprocess
 
-    if self._train_arrays is not None:
-      images, labels = self._train_arrays
-
-      def gather(positions):
-        return {'image': tf.gather(images, positions),
-                'label': tf.gather(labels, positions)}
+  def _per_batch_fn(self, phase: Phase):
+    """(indices, batch) -> batch: the whole-batch steps (gather, flips,
+    random erasing, conversion to floats), each keyed by the batch's first
+    example index so that any step's batch can be made again."""
+    whole_batches = self._augments_whole_batches
+    gather = self._train_arrays is not None and whole_batches
+    flip = whole_batches and self.augment == 'flip'
+    # Batch-level randomness has keys of its own, apart from the examples'.
+    erase_seed, flip_seed = self._seed(-1), self._seed(-2)
+    size, probability = phase.image_size, self.erase_probability
 
     def finish(indices, batch):
-      """Whole-batch steps, keyed by the batch's first example index."""
-      if self._train_arrays is not None and per_batch:
-        batch = gather(batch)
+      if gather:
+        batch = self._gather(batch)
       image = batch['image']
-      if per_batch and self.augment == 'flip':  # On uint8: a quarter the bytes.
-        image = random_flip(image, tf.random.experimental.stateless_fold_in(
-            flip_seed, indices[0]))
-      size = phase.image_size
+      key = indices[0]
+      if flip:  # On uint8: a quarter of the bytes of floats.
+        image = random_flip(
+            image, tf.random.experimental.stateless_fold_in(flip_seed, key))
       # Erased on uint8 where no resize follows (a resize would blur the
       # noise), else after the float conversion.
       erase_on_uint8 = (image.dtype == tf.uint8 and
                         image.shape[1:3] == (size, size))
-
-      def erase(image):
-        return random_erase(image, tf.random.experimental.stateless_fold_in(
-            batch_seed, indices[0]), self.erase_probability)
-
-      if self.erase_probability and erase_on_uint8:
+      erase = functools.partial(
+          random_erase,
+          seed=tf.random.experimental.stateless_fold_in(erase_seed, key),
+          probability=probability)
+      if probability and erase_on_uint8:
         if image.shape[-1] == 1:  # Noise in every channel.
           image = tf.image.grayscale_to_rgb(image)
         image = erase(image)
       if image.dtype == tf.uint8:
         image = _to_rgb_float(image, size)
-      if self.erase_probability and not erase_on_uint8:
+      if probability and not erase_on_uint8:
         image = erase(image)
       return {'image': image, 'label': batch['label']}
 
-    ds = self._examples(start_step * b).take((phase.end_step - start_step) * b)
-    if per_batch:
-      if self._train_arrays is None and (  # Encoded files.
-          ds.element_spec[1]['image'].dtype == tf.string):
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-      if self._train_arrays is not None:
-        ds = ds.map(lambda index, position: (index, gather(position)))
-      ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(b, drop_remainder=True)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return finish
 
   def train_batches(self, start_step: int = 0) -> Iterator[Dict[str, Any]]:
     """Batches for steps start_step, start_step + 1, ... up to total_steps."""

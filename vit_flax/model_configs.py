@@ -5,9 +5,12 @@ official fields, so `VisionTransformer(num_classes=n, **config)` builds it
 (or the module of `PRESET_MODEL_TYPES[name]`: ResNet and Mixer baselines).
 """
 
-from typing import Optional, Sequence
+import functools
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from vit_flax import errors
@@ -31,6 +34,14 @@ def _register(config: ml_collections.ConfigDict,
   MODEL_CONFIGS[config.model_name] = config.lock()
   PRESET_MODEL_TYPES[config.model_name] = model_type
   return config
+
+
+def _register_alias(alias: str, name: str) -> None:
+  """`alias` names the preset `name` (its config says `model_name=alias`)."""
+  config = ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
+  config.model_name = alias
+  MODEL_CONFIGS[alias] = config.lock()
+  PRESET_MODEL_TYPES[alias] = PRESET_MODEL_TYPES[name]
 
 
 def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
@@ -78,6 +89,30 @@ def resnet_config(model_name: str, num_layers: Sequence[int],
   return config
 
 
+def staged_config(model_name: str, patch: int,
+                  stages: Sequence[Tuple[int, int, int, int]],
+                  transition: str = 'pool', classifier: str = 'token',
+                  dropout_rate: float = 0.0) -> ml_collections.ConfigDict:
+  """A staged model config; `stages` holds (num_layers, hidden_size,
+  num_heads, mlp_dim) per stage. Pair it with `config.model_type='staged'`."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.stages = tuple(dict(zip(models_staged.STAGE_FIELDS, stage))
+                        for stage in stages)
+  config.transition = transition
+  config.classifier = classifier
+  config.dropout_rate = dropout_rate
+  config.attention_dropout_rate = 0.0
+  config.representation_size = None
+  config.head_bias_init = 0.0
+  config.locality = False
+  config.dtype = 'float32'
+  config.attention_impl = ml_collections.config_dict.placeholder(str)
+  config.remat = False
+  return config
+
+
 def mixer_config(model_name: str, patch: int, hidden_dim: int,
                  num_blocks: int, tokens_mlp_dim: int, channels_mlp_dim: int
                  ) -> ml_collections.ConfigDict:
@@ -107,6 +142,22 @@ def create_model(model_type: str, model_config, num_classes: int) -> nn.Module:
   except TypeError as e:
     raise errors.ConfigError(
         f'config.model does not fit model_type={model_type!r}: {e}.') from e
+
+
+def create_model_for(config, num_classes: int) -> nn.Module:
+  """The model of a run config (`config.model_type`, `config.model`)."""
+  return create_model(config.get('model_type', 'vit'), config.get('model'),
+                      num_classes)
+
+
+def abstract_params(model: nn.Module, image_size: int, num_channels: int = 3):
+  """The params of `model` as shape structs, by tracing its init at
+  `image_size` (no compute, nothing allocated); raises what the model
+  raises for that input (e.g. a patch size that does not divide it)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, num_channels),
+                                jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False),
+                        jax.random.key(0), images)['params']
 
 
 def get_model_config(name: str) -> ml_collections.ConfigDict:
@@ -144,10 +195,10 @@ _register(vit_config('R26+ViT-B_32', 1, 768, 3072, 12, 12,
 _register(vit_config('R50+ViT-L_32', 1, 1024, 4096, 16, 24, dropout_rate=0.1,
                      resnet_layers=(3, 4, 6, 3)))
 
-# The reduced ViT-B for from-scratch training on small data (patch 8, 6
-# layers, width 384); it reached 38% on TinyImageNet from scratch.
-_register(vit_config('ViT-B_16_reduced', 8, 384, 1536, 6, 6,
-                     dropout_rate=0.1))
+# For from-scratch training on small data: ViT-S's width and heads, 8x8
+# patches, 6 blocks. 'ViT-B_16_reduced' is the name other projects gave it.
+_register(vit_config('ViT-S_8-depth6', 8, 384, 1536, 6, 6, dropout_rate=0.1))
+_register_alias('ViT-B_16_reduced', 'ViT-S_8-depth6')
 
 # ResNet baselines: the hybrid root's post-activation units with GroupNorm and
 # weight standardisation, as a classifier. BiT-M/S .npz files hold pre-

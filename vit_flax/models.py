@@ -27,7 +27,14 @@ Dtype = Any
 GridShape = Optional[Tuple[int, int]]
 
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+# Classifiers whose token sequence starts with a class token.
+CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn', 'auto')
+
+
+def num_prefix_tokens(classifier: str) -> int:
+  """Tokens before the patch grid (the class token) for `classifier`."""
+  return 1 if classifier in CLASS_TOKEN_CLASSIFIERS else 0
 
 
 def linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -451,7 +458,7 @@ class VisionTransformer(nn.Module):
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, [n, h * w, c])
-      if self.classifier in ('token', 'token_unpooled'):
+      if num_prefix_tokens(self.classifier):
         cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
@@ -462,7 +469,3 @@ class VisionTransformer(nn.Module):
 
     return classifier_head(x, self.classifier, self.representation_size,
                            self.num_classes, self.head_bias_init)
-
-
-def count_params(params) -> int:
-  return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

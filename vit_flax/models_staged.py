@@ -17,14 +17,10 @@ s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official block
 names), `Transformer/encoder_norm`, `pre_logits` and `head`.
 """
 
-import dataclasses
-import functools
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vit_flax import errors
 from vit_flax import models
@@ -240,7 +236,7 @@ class StagedVisionTransformer(nn.Module):
 
   @property
   def num_prefix_tokens(self) -> int:
-    return 1 if self.classifier == 'token' else 0
+    return models.num_prefix_tokens(self.classifier)
 
   @nn.compact
   def __call__(self, inputs, *, train: bool, sow_weights: bool = False):
@@ -251,7 +247,7 @@ class StagedVisionTransformer(nn.Module):
                              image_shape=inputs.shape[1:3])
     n, h, w, c = x.shape
     x = jnp.reshape(x, [n, h * w, c])
-    if self.classifier == 'token':
+    if self.num_prefix_tokens:
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
       x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
     x = StagedEncoder(
@@ -264,103 +260,3 @@ class StagedVisionTransformer(nn.Module):
     return models.classifier_head(x, self.classifier,
                                   self.representation_size, self.num_classes,
                                   self.head_bias_init)
-
-
-def staged_config(model_name: str, patch: int,
-                  stages: Sequence[Tuple[int, int, int, int]],
-                  transition: str = 'pool', classifier: str = 'token',
-                  dropout_rate: float = 0.0) -> ml_collections.ConfigDict:
-  """A staged model config; `stages` holds (num_layers, hidden_size,
-  num_heads, mlp_dim) per stage. Pair it with `config.model_type='staged'`."""
-  config = ml_collections.ConfigDict()
-  config.model_name = model_name
-  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
-  config.stages = tuple(dict(zip(STAGE_FIELDS, stage)) for stage in stages)
-  config.transition = transition
-  config.classifier = classifier
-  config.dropout_rate = dropout_rate
-  config.attention_dropout_rate = 0.0
-  config.representation_size = None
-  config.head_bias_init = 0.0
-  config.locality = False
-  config.dtype = 'float32'
-  config.attention_impl = ml_collections.config_dict.placeholder(str)
-  config.remat = False
-  return config
-
-
-# Reading the attention of a staged model, for the visualisations.
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockAttention:
-  """The attention weights of one block and the token layout they refer to."""
-
-  stage: int
-  block: int  # Index within the stage.
-  weights: Array  # (batch, heads, query tokens, key tokens)
-  grid_shape: GridShape  # The patch grid behind the prefix tokens.
-  num_prefix: int  # Class tokens before the grid (0 or 1).
-  cell_size: Tuple[int, int]  # Input pixels per grid cell at this stage.
-
-  @property
-  def num_tokens(self) -> int:
-    return self.weights.shape[-1]
-
-
-def block_attentions(model: StagedVisionTransformer, intermediates,
-                     image_shape: Tuple[int, int]) -> List[BlockAttention]:
-  """Every block's sown attention weights, first block to last.
-
-  `intermediates` is the collection returned by
-  `model.apply(..., sow_weights=True, mutable=['intermediates'])`.
-  """
-  patch = tuple(model.patches['size'])
-  grids = model.grid_shapes(image_shape)
-  encoder = intermediates['Transformer']
-  result = []
-  for s, (stage, grid) in enumerate(zip(model.stages, grids)):
-    scale = 2**s if model.transition == 'pool' else 1
-    for i in range(stage['num_layers']):
-      block = encoder[f'stage_{s}'][f'encoderblock_{i}']
-      weights = block['MultiHeadDotProductAttention_1']['attention_weights'][0]
-      result.append(BlockAttention(
-          stage=s, block=i, weights=weights, grid_shape=grid,
-          num_prefix=model.num_prefix_tokens,
-          cell_size=(patch[0] * scale, patch[1] * scale)))
-  return result
-
-
-def attention_weights(model: StagedVisionTransformer, params,
-                      images: Array) -> List[BlockAttention]:
-  """Runs `model` on `images` and returns `block_attentions` of the run."""
-  apply = jax.jit(functools.partial(model.apply, train=False,
-                                    sow_weights=True,
-                                    mutable=['intermediates']))
-  _, state = apply({'params': params}, images)
-  return block_attentions(model, state['intermediates'], images.shape[1:3])
-
-
-def blocks_for_rollout(blocks: Sequence[BlockAttention],
-                       last_stage_only: bool = False
-                       ) -> List[BlockAttention]:
-  """The blocks whose attention matrices attention rollout may multiply.
-
-  Rollout multiplies (tokens x tokens) matrices across blocks, so they all
-  need the same token count. A linear transition keeps the count: every
-  block qualifies. A pool transition changes it: only the blocks after the
-  last pool (the last stage) do, which `last_stage_only=True` returns;
-  without it, differing counts raise a UserError.
-  """
-  counts = [b.num_tokens for b in blocks]
-  same = len(blocks)
-  while same > 0 and counts[same - 1] == counts[-1]:
-    same -= 1
-  if same and not last_stage_only:
-    raise errors.UserError(
-        'Attention rollout needs one token count in every block, but the '
-        f'token counts per block are {counts} (a pool transition changes '
-        'the count). Roll out only the blocks after the last pool with '
-        'last_stage_only=True, or use transition=linear; per-block '
-        'attention maps and attention distances work for every block.')
-  return list(blocks[same:])

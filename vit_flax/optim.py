@@ -20,11 +20,14 @@ def create_learning_rate_schedule(total_steps: int, base_lr: float,
                                   linear_end: float = 1e-5) -> optax.Schedule:
   """Linear warm-up from 0 to `base_lr`, then cosine or linear decay."""
   if decay_type not in DECAY_TYPES:
-    raise errors.ConfigError(f'Unknown decay_type {decay_type!r}; expected one of '
-                     f'{DECAY_TYPES}.')
+    raise errors.ConfigError(f'Unknown decay_type {decay_type!r}; expected one '
+                             f'of {DECAY_TYPES}.')
   if not 0 <= warmup_steps < total_steps:
-    raise errors.ConfigError(f'warmup_steps={warmup_steps} must be in [0, '
-                     f'total_steps={total_steps}).')
+    raise errors.ConfigError(
+        f'warmup_steps={warmup_steps} must be in [0, total_steps='
+        f'{total_steps}): the warm-up must end before training does; for a '
+        f'short run set both, e.g. --config.total_steps={total_steps} '
+        f'--config.warmup_steps={max(total_steps // 10, 0)}.')
   decay_steps = total_steps - warmup_steps
   if decay_type == 'cosine':
     decay = optax.cosine_decay_schedule(base_lr, decay_steps)

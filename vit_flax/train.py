@@ -11,10 +11,11 @@ metrics are fetched every `progress_every` steps.
 """
 
 import collections
+import dataclasses
 import functools
 import itertools
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from absl import logging
 from clu import periodic_actions
@@ -29,11 +30,13 @@ import numpy as np
 import optax
 
 from vit_flax import checkpoint
-from vit_flax import checkpointing
+from vit_flax import train_checkpoints
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import input_pipeline
 from vit_flax import metrics
 from vit_flax import model_configs
+from vit_flax import model_stats
 from vit_flax import optim
 from vit_flax import visualize
 
@@ -121,33 +124,6 @@ def fetch_params(params):
   return jax.device_get(params)
 
 
-def host_allocator() -> str:
-  """The malloc this process runs with: 'tcmalloc', 'jemalloc' or 'glibc'
-  (the default one), from the shared libraries it has loaded."""
-  try:
-    with open('/proc/self/maps') as f:
-      maps = f.read()
-  except OSError:  # Not Linux.
-    return 'unknown'
-  for name in ('tcmalloc', 'jemalloc'):
-    if f'lib{name}' in maps:
-      return name
-  return 'glibc'
-
-
-def log_cpu_allocator_hint():
-  """XLA:CPU allocates a step's buffers afresh each step; glibc's malloc
-  returns large ones to the kernel, so every step page-faults them back in
-  (on our 2-core VM this halved the quickstart's speed)."""
-  if jax.devices()[0].platform == 'cpu' and host_allocator() == 'glibc':
-    logging.info(
-        'Training on the CPU with glibc malloc; preloading tcmalloc is '
-        'often much faster, for up to twice the memory (Debian: apt-get '
-        'install libtcmalloc-minimal4, then '
-        'LD_PRELOAD=libtcmalloc_minimal.so.4 python main.py ...; README: '
-        'CPU memory allocator).')
-
-
 def validate_config(config: ml_collections.ConfigDict, num_devices: int):
   """Fails fast, before any work, on values that cannot work."""
   for field in ('dataset', 'total_steps', 'batch', 'batch_eval', 'model'):
@@ -202,9 +178,7 @@ def prepare_workdir(workdir: str) -> epath.Path:
 def check_image_sizes(model, sizes, num_channels: int = 3):
   """Traces the model at each size (no compute) to catch shape errors now."""
   for size in sorted(set(sizes)):
-    jax.eval_shape(
-        functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-        jax.ShapeDtypeStruct((1, size, size, num_channels), jnp.float32))
+    model_configs.abstract_params(model, size, num_channels)
 
 
 def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
@@ -373,152 +347,237 @@ def format_duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
-  """Trains and evaluates, resuming from `workdir` if it has a checkpoint.
+# Figures at each evaluation: the loop calls a hook with the host params and
+# writes the images it returns; what they show is the hook's business.
+FigureHook = Callable[[Any], Mapping[str, np.ndarray]]
 
-  Returns the final train state (or the state where a preemption stopped).
+
+def default_figure_hook(model, config: ml_collections.ConfigDict,
+                        pipeline: input_pipeline.Pipeline
+                        ) -> Optional[FigureHook]:
+  """`visualize.summary_images` of the first eval image, or None when
+  `config.eval_figures` is off or this process does not write metrics."""
+  if not config.get('eval_figures') or jax.process_index() > 0:
+    return None
+  images = next(pipeline.eval_batches())['image'][:1]
+  return functools.partial(visualize.summary_images, model, images=images,
+                           model_config=config.model)
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a training run is made of, built once before its first step."""
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  mesh: Mesh
+  pipeline: input_pipeline.Pipeline
+  model: Any
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  checkpointer: Optional[train_checkpoints.Checkpointer]
+
+  @property
+  def num_classes(self) -> int:
+    return self.pipeline.num_classes
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Checks the config, then builds the mesh, data, model and optimizer.
+
+  Every check that needs no device work runs before the workdir is touched.
   """
   num_devices = jax.device_count()
   validate_config(config, num_devices)
-  workdir = prepare_workdir(workdir)
-  mesh = create_mesh(fsdp=config.get('mesh_fsdp', 1))
-  data_sharding = batch_sharding(mesh)
-
   pipeline = input_pipeline.Pipeline(config, jax.process_index(),
                                      jax.process_count())
-  num_classes = pipeline.num_classes
-  model = model_configs.create_model(config.get('model_type', 'vit'),
-                                     config.model, num_classes)
+  model = model_configs.create_model_for(config, pipeline.num_classes)
   check_image_sizes(model, [pipeline.image_size] +
                     [phase.image_size for phase in pipeline.phases])
-
   schedule = optim.create_learning_rate_schedule(
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
   tx = optim.create_optimizer(config, schedule)
-
-  checkpointing_on = bool(config.checkpoint_every)
+  workdir = prepare_workdir(workdir)
   checkpointer = None
-  if checkpointing_on:
-    checkpointer = checkpointing.Checkpointer(
+  if config.checkpoint_every:
+    checkpointer = train_checkpoints.Checkpointer(
         workdir, keep=config.get('keep_checkpoints', 3))
-  try:  # Bad pretrained files or checkpoints raise here.
-    resuming = checkpointer is not None and checkpointer.latest_step()
+  return Setup(config=config, workdir=workdir,
+               mesh=create_mesh(fsdp=config.get('mesh_fsdp', 1)),
+               pipeline=pipeline, model=model, schedule=schedule, tx=tx,
+               checkpointer=checkpointer)
 
-    init_params = None
-    if config.get('pretrained_path') and not resuming:
-      # The fresh params give the target shapes and the new head.
-      fresh = jax.jit(functools.partial(model.init, train=False))(
-          jax.random.PRNGKey(config.seed),
-          jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
-      init_params = checkpoint.load_pretrained(
-          pretrained_path=config.pretrained_path,
-          init_params=jax.device_get(fresh), model_config=config.model)
-      logging.info('Fine-tuning from %s.', config.pretrained_path)
-    state = create_train_state(model, tx, config, pipeline.image_size, mesh,
-                               init_params)
-    start_step, resumed_data = 0, {}
-    if resuming:
-      state, start_step, resumed_data = checkpointer.restore(state, config)
-  except BaseException:
-    if checkpointer:
-      checkpointer.close()
-    raise
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('Model %s: %.2fM parameters; %d classes; %d devices.',
-               config.model.get('model_name'), num_params / 1e6, num_classes,
-               num_devices)
-  log_cpu_allocator_hint()
 
-  train_step = make_train_step(
-      model, tx, schedule, config, num_classes, mesh,
-      state_shardings=jax.tree.map(lambda x: x.sharding, state))
-  eval_step = make_eval_step(model, num_classes, mesh)
+def initial_state(setup: Setup) -> Tuple[TrainState, int, Dict[str, Any]]:
+  """The state to start from: the latest checkpoint if there is one, else a
+  fresh init (from `config.pretrained_path` when set).
 
-  writer = metrics.ResumableWriter(workdir,
-                                   just_logging=jax.process_index() > 0)
-  writer.write_hparams(hparams_of(config))
-  total_steps = config.total_steps
-  if start_step >= total_steps:
-    logging.info('Nothing to do: the checkpoint is at step %d and '
-                 'total_steps=%d.', start_step, total_steps)
+  Returns (state, its step, the data position and pending metrics saved
+  with it).
+  """
+  config, pipeline = setup.config, setup.pipeline
+  resuming = setup.checkpointer is not None and (
+      setup.checkpointer.latest_step())
+  init_params = None
+  if config.get('pretrained_path') and not resuming:
+    # The fresh params give the target shapes and the new head.
+    fresh = jax.jit(functools.partial(setup.model.init, train=False))(
+        jax.random.PRNGKey(config.seed),
+        jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
+    init_params = checkpoint.load_pretrained(
+        pretrained_path=config.pretrained_path,
+        init_params=jax.device_get(fresh), model_config=config.model)
+    logging.info('Fine-tuning from %s.', config.pretrained_path)
+  state = create_train_state(setup.model, setup.tx, config,
+                             pipeline.image_size, setup.mesh, init_params)
+  if not resuming:
+    return state, 0, {}
+  return setup.checkpointer.restore(state, config)
 
-  # One evaluation image for the figures written at each evaluation.
-  figure_images = None
-  if config.get('eval_figures') and jax.process_index() == 0:
-    figure_images = next(pipeline.eval_batches())['image'][:1]
-  # Params split across processes are gathered with every process's help.
-  gather_for_figures = bool(config.get('eval_figures')) and (
-      split_across_processes(state.params))
 
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, every_steps=config.progress_every)
-  hooks = [report_progress]
-  if config.get('profile') and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
-  preemption = checkpointing.PreemptionHandler()
+class ProgressWindow:
+  """Train metrics and throughput between two progress reports.
 
-  batches = prefetch_to_mesh(pipeline.train_batches(start_step),
-                             config.prefetch, data_sharding)
-  # Train metrics since the last report (some from before a preemption).
-  pending = list(resumed_data.get('pending_metrics', []))
-  window_steps, window_start, last_save = 0, time.time(), time.time()
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = train_step(state, next(batches))
-      pending.append(step_metrics)
-      window_steps += 1
-      for hook in hooks:
-        hook(step)
+  Calls of the train step that compiled it (the first, and the first at
+  each new image size) are left out of the time, so img/s and the ETA are
+  those of training, not of XLA.
+  """
 
-      if step % config.progress_every == 0 or step == total_steps:
-        fetched = jax.device_get(pending)
-        # float32 whether restored (JSON) or fresh, for equal averages.
-        summary = {k: float(np.mean(np.asarray([m[k] for m in fetched],
-                                               np.float32)))
-                   for k in fetched[0]}
-        elapsed = time.time() - window_start
-        summary['img_per_sec_per_device'] = (
-            window_steps * config.batch / elapsed / num_devices)
-        summary['image_size'] = pipeline.image_size_at(step - 1)
-        writer.write_scalars(step, summary)
-        eta = (total_steps - step) * elapsed / window_steps
-        logging.info(
-            'step %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.0f img/s, '
-            'ETA %s', step, total_steps, summary['loss'],
-            summary['accuracy'], summary['learning_rate'],
-            summary['img_per_sec_per_device'] * num_devices,
-            format_duration(eta))
-        pending, window_steps, window_start = [], 0, time.time()
+  def __init__(self, pending=()):
+    self.metrics = list(pending)  # Some may be from before a preemption.
+    self.steps = 0
+    self.seconds = 0.0
+    self.started = None
 
-      if step % config.eval_every == 0 or step == total_steps:
-        eval_start = time.time()
-        results = evaluate(eval_step, state.params, pipeline, data_sharding)
-        writer.write_scalars(step, results)
-        logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d '
-                     'examples', step, results['eval_loss'],
-                     results['eval_accuracy'], results['eval_count'])
-        if checkpointer:
-          checkpointer.save_if_best(step, state.params, config,
+  def start(self):
+    self.started = time.time()
+
+  def add(self, step_metrics, compile_seconds: float = 0.0):
+    self.metrics.append(step_metrics)
+    self.steps += 1
+    self.seconds -= compile_seconds
+
+  def pause(self, seconds: float):
+    """Time spent on other work (evaluations, figures) in this window."""
+    self.seconds -= seconds
+
+  def summary(self) -> Dict[str, float]:
+    """The mean of each metric over the window (fetched from the devices)."""
+    fetched = jax.device_get(self.metrics)
+    # float32 whether restored (JSON) or fresh, for equal averages.
+    return {k: float(np.mean(np.asarray([m[k] for m in fetched], np.float32)))
+            for k in fetched[0]}
+
+  def train_seconds(self) -> float:
+    return max(self.seconds + time.time() - self.started, 1e-9)
+
+
+def compiled_during(jitted, call):
+  """(call(), seconds) if the call compiled `jitted`, else (call(), 0)."""
+  # pylint: disable=protected-access
+  cache_size = jitted._cache_size()
+  start = time.time()
+  out = call()
+  compiled = jitted._cache_size() > cache_size
+  return out, (time.time() - start if compiled else 0.0)
+
+
+def report_progress(setup: Setup, writer, window: ProgressWindow, step: int):
+  """Writes the window's mean train metrics and logs one progress line."""
+  config, num_devices = setup.config, jax.device_count()
+  summary = window.summary()
+  seconds = window.train_seconds()
+  summary['img_per_sec_per_device'] = (
+      window.steps * config.batch / seconds / num_devices)
+  summary['image_size'] = setup.pipeline.image_size_at(step - 1)
+  writer.write_scalars(step, summary)
+  eta = (config.total_steps - step) * seconds / window.steps
+  logging.info(
+      'step %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.0f img/s, ETA %s',
+      step, config.total_steps, summary['loss'], summary['accuracy'],
+      summary['learning_rate'],
+      summary['img_per_sec_per_device'] * num_devices, format_duration(eta))
+
+
+def evaluate_and_keep_best(setup: Setup, writer, eval_step, state, step,
+                           figure_hook: Optional[FigureHook]):
+  """Evaluates the params on the test split, keeps the best checkpoint, and
+  writes the figures of the hook."""
+  data_sharding = batch_sharding(setup.mesh)
+  results = evaluate(eval_step, state.params, setup.pipeline, data_sharding)
+  writer.write_scalars(step, results)
+  logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d examples',
+               step, results['eval_loss'], results['eval_accuracy'],
+               results['eval_count'])
+  if setup.checkpointer:
+    setup.checkpointer.save_if_best(step, state.params, setup.config,
                                     results['eval_accuracy'])
-        if figure_images is not None or gather_for_figures:
-          host_params = fetch_params(state.params)
-        if figure_images is not None:
-          figures = visualize.summary_images(
-              model, host_params, figure_images, config.model)
-          writer.write_images(step, {f'figures/{name}': image[None]
-                                     for name, image in figures.items()})
-        window_start += time.time() - eval_start  # Not train time.
+  # Params split across processes are gathered with every process's help,
+  # whichever of them draws the figures.
+  gather = setup.config.get('eval_figures') and split_across_processes(
+      state.params)
+  if figure_hook is not None or gather:
+    host_params = fetch_params(state.params)
+    if figure_hook is not None:
+      writer.write_images(step, {f'figures/{name}': image[None]
+                                 for name, image in figure_hook(
+                                     host_params).items()})
+
+
+def save_due(setup: Setup, step: int, stop: bool, last_save: float) -> bool:
+  config = setup.config
+  return setup.checkpointer is not None and (
+      stop or step % config.checkpoint_every == 0 or
+      step == config.total_steps or train_checkpoints.should_save_by_time(
+          step, last_save, config.get('checkpoint_every_minutes', 0)))
+
+
+def train_loop(setup: Setup, state: TrainState, start_step: int,
+               resumed_data: Dict[str, Any], writer,
+               figure_hook: Optional[FigureHook]) -> TrainState:
+  """Steps from `start_step` to `config.total_steps`, with progress reports,
+  evaluations and checkpoints, until done or asked to stop (SIGTERM)."""
+  config = setup.config
+  train_step = make_train_step(
+      setup.model, setup.tx, setup.schedule, config, setup.num_classes,
+      setup.mesh, state_shardings=jax.tree.map(lambda x: x.sharding, state))
+  eval_step = make_eval_step(setup.model, setup.num_classes, setup.mesh)
+  profile = None
+  if config.get('profile') and jax.process_index() == 0:
+    profile = periodic_actions.Profile(logdir=setup.workdir,
+                                       num_profile_steps=5)
+  preemption = train_checkpoints.PreemptionHandler()
+  batches = prefetch_to_mesh(setup.pipeline.train_batches(start_step),
+                             config.prefetch, batch_sharding(setup.mesh))
+  window = ProgressWindow(resumed_data.get('pending_metrics', []))
+  window.start()
+  last_save = time.time()
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      batch = next(batches)
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        (state, step_metrics), compile_seconds = compiled_during(
+            train_step, functools.partial(train_step, state, batch))
+      window.add(step_metrics, compile_seconds)
+      if profile:
+        profile(step)
+
+      if step % config.progress_every == 0 or step == config.total_steps:
+        report_progress(setup, writer, window, step)
+        window = ProgressWindow()
+        window.start()
+
+      if step % config.eval_every == 0 or step == config.total_steps:
+        eval_start = time.time()
+        evaluate_and_keep_best(setup, writer, eval_step, state, step,
+                               figure_hook)
+        window.pause(time.time() - eval_start)  # Not train time.
 
       stop = preemption.should_stop(step)
-      if checkpointer and (
-          stop or step % config.checkpoint_every == 0 or
-          step == total_steps or checkpointing.should_save_by_time(
-              step, last_save, config.get('checkpoint_every_minutes', 0))):
-        checkpointer.save(step, state, config, step * config.batch,
-                          jax.device_get(pending))
+      if save_due(setup, step, stop, last_save):
+        setup.checkpointer.save(step, state, config, step * config.batch,
+                                jax.device_get(window.metrics))
         last_save = time.time()
       if stop:
         logging.warning('Stopping at step %d on request; resume by running '
@@ -526,8 +585,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         break
   finally:
     preemption.restore_handlers()
-    if checkpointer:
-      checkpointer.wait()  # Surfaces errors of asynchronous saves.
-      checkpointer.close()
-    writer.flush()
+  return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains and evaluates, resuming from `workdir` if it has a checkpoint.
+
+  Returns the final train state (or the state where a preemption stopped).
+  """
+  setup = set_up(config, workdir)
+  try:
+    state, start_step, resumed_data = initial_state(setup)
+    logging.info('Model %s: %.2fM parameters; %d classes; %d devices.',
+                 config.model.get('model_name'),
+                 model_stats.count_params(state.params) / 1e6,
+                 setup.num_classes, jax.device_count())
+    host.log_cpu_allocator_hint()
+    writer = metrics.ResumableWriter(setup.workdir,
+                                     just_logging=jax.process_index() > 0)
+    try:
+      writer.write_hparams(hparams_of(config))
+      if start_step >= config.total_steps:
+        logging.info('Nothing to do: the checkpoint is at step %d and '
+                     'total_steps=%d.', start_step, config.total_steps)
+      figure_hook = default_figure_hook(setup.model, config, setup.pipeline)
+      state = train_loop(setup, state, start_step, resumed_data, writer,
+                         figure_hook)
+    finally:
+      writer.flush()
+  finally:
+    if setup.checkpointer:
+      try:
+        setup.checkpointer.wait()  # Surfaces errors of asynchronous saves.
+      finally:
+        setup.checkpointer.close()
   return state

@@ -13,9 +13,7 @@ the same figures as PNGs, from a run or from an official `.npz`:
 
 import dataclasses
 import inspect
-import io
 import math
-import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,20 +23,22 @@ from absl import logging
 from etils import epath
 import jax
 import matplotlib
-from matplotlib.backends import backend_agg
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
-from PIL import Image
 import scipy.linalg
 
+from vit_flax import checkpoint
 from vit_flax import errors
+from vit_flax import host
+from vit_flax import inference
+from vit_flax import models
+from vit_flax import plotting
 
 FLAGS = flags.FLAGS
 GridShape = Tuple[int, int]
 # The paper's Figure 7 shows this many principal components of the filters.
 NUM_FILTER_PCS = 28
-TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 # Top-level modules that embed patches: ViT's, and MLP-Mixer's `stem`.
 PATCH_EMBEDDINGS = ('embedding', 'stem')
 
@@ -48,12 +48,6 @@ class VisualizationError(errors.UserError):
 
 
 # Quantities.
-
-
-def natural_key(name: str) -> List[Any]:
-  """Sort key putting 'encoderblock_2' before 'encoderblock_10'."""
-  return [int(part) if part.isdigit() else part
-          for part in re.split(r'(\d+)', name)]
 
 
 def collect_attentions(
@@ -74,7 +68,7 @@ def collect_attentions(
   found = []
 
   def walk(tree, path):
-    for key in sorted(tree, key=natural_key):
+    for key in sorted(tree, key=checkpoint.natural_key):
       value = tree[key]
       if key == 'attention_weights':
         found.extend(('/'.join(path), np.asarray(jax.device_get(weights)))
@@ -300,72 +294,7 @@ def posemb_similarity(posemb: np.ndarray, grid_shape: Optional[GridShape],
   return (unit @ unit.T).reshape(*grid_shape, *grid_shape)
 
 
-def find_param(params: Mapping[str, Any], name: str) -> Optional[np.ndarray]:
-  """The first parameter called `name`, in natural order of module names."""
-  for key in sorted(params, key=natural_key):
-    value = params[key]
-    if key == name and not isinstance(value, Mapping):
-      return np.asarray(jax.device_get(value))
-    if isinstance(value, Mapping):
-      found = find_param(value, name)
-      if found is not None:
-        return found
-  return None
-
-
 # Rendering.
-
-
-def figure_to_array(figure: matplotlib.figure.Figure) -> np.ndarray:
-  """Renders a figure to an RGB uint8 (height, width, 3) array with Agg."""
-  canvas = backend_agg.FigureCanvasAgg(figure)
-  canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def new_figure(width: float, height: float,
-               dpi: int = 80) -> matplotlib.figure.Figure:
-  return matplotlib.figure.Figure(figsize=(width, height), dpi=dpi)
-
-
-def to_display(image: np.ndarray) -> np.ndarray:
-  """A model input in [-1, 1] (or uint8) as floats in [0, 1] for imshow."""
-  image = np.asarray(image)
-  if image.dtype == np.uint8:
-    return image / 255.0
-  return np.clip((image + 1.0) / 2.0, 0.0, 1.0)
-
-
-def normalize(x: np.ndarray, axis=None) -> np.ndarray:
-  """Min-max scales to [0, 1] (over `axis`); constant inputs give 0.5."""
-  low = x.min(axis=axis, keepdims=True)
-  span = x.max(axis=axis, keepdims=True) - low
-  return np.where(span > 0, (x - low) / np.where(span > 0, span, 1), 0.5)
-
-
-def mosaic(tiles: np.ndarray, fill: float = np.nan) -> np.ndarray:
-  """(rows, cols, h, w[, c]) tiles as one image, `fill` one pixel between.
-
-  One imshow of a mosaic draws in milliseconds where hundreds of axes (a
-  24x24 position-embedding grid) take seconds.
-  """
-  rows, cols, height, width = tiles.shape[:4]
-  out = np.full(((height + 1) * rows - 1, (width + 1) * cols - 1) +
-                tiles.shape[4:], fill, np.float64)
-  for r in range(rows):
-    for c in range(cols):
-      out[r * (height + 1):r * (height + 1) + height,
-          c * (width + 1):c * (width + 1) + width] = tiles[r, c]
-  return out
-
-
-def _upsample(grid: np.ndarray, factor: int, shape: GridShape) -> np.ndarray:
-  return np.repeat(np.repeat(grid, factor, 0), factor, 1)[:shape[0], :shape[1]]
-
-
-def _hide_ticks(axes):
-  axes.set_xticks([])
-  axes.set_yticks([])
 
 
 # Figures: each returns an RGB uint8 (height, width, 3) array.
@@ -392,16 +321,16 @@ def attention_maps_figure(image: np.ndarray, attentions: Sequence[np.ndarray],
   for layer, weights in enumerate(attentions):
     grid, factor = layer_grid(np.shape(weights)[-1], num_prefix, grid_shape)
     for head, head_map in enumerate(head_maps(weights, grid, num_prefix)):
-      tiles[layer, head] = _upsample(normalize(head_map), factor, grid_shape)
+      tiles[layer, head] = plotting.upsample(plotting.normalize(head_map), factor, grid_shape)
   cmap = matplotlib.colormaps['inferno'].with_extremes(bad='white')
   rows, cols = tiles.shape[:2]
-  figure = new_figure(3.2 + 0.5 * cols, max(2.6, 1.0 + 0.5 * rows))
+  figure = plotting.new_figure(3.2 + 0.5 * cols, max(2.6, 1.0 + 0.5 * rows))
   image_axes, maps_axes = figure.subplots(
       1, 2, gridspec_kw={'width_ratios': [2.4, 0.5 * cols]})
-  image_axes.imshow(to_display(image))
+  image_axes.imshow(plotting.to_display(image))
   image_axes.set_title('input', fontsize=8)
-  _hide_ticks(image_axes)
-  maps_axes.imshow(mosaic(tiles), cmap=cmap, interpolation='nearest')
+  plotting.hide_ticks(image_axes)
+  maps_axes.imshow(plotting.mosaic(tiles), cmap=cmap, interpolation='nearest')
   height, width = grid_shape
   maps_axes.set_xticks([(width + 1) * c + (width - 1) / 2 for c in range(cols)],
                        [str(c) for c in range(cols)], fontsize=7)
@@ -414,7 +343,7 @@ def attention_maps_figure(image: np.ndarray, attentions: Sequence[np.ndarray],
       'attention received, mean over patch queries')
   figure.suptitle(f'Attention maps per layer and head ({what})', fontsize=9)
   figure.tight_layout()
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 def attention_rollout_figure(image: np.ndarray,
@@ -427,23 +356,23 @@ def attention_rollout_figure(image: np.ndarray,
   """
   relevance = patch_relevance(attention_rollout(attentions), grid_shape,
                               num_prefix)
-  relevance = normalize(relevance)
+  relevance = plotting.normalize(relevance)
   height, width = np.shape(image)[:2]
-  figure = new_figure(7.5, 2.8)
+  figure = plotting.new_figure(7.5, 2.8)
   axes = figure.subplots(1, 3)
-  axes[0].imshow(to_display(image))
+  axes[0].imshow(plotting.to_display(image))
   axes[0].set_title('input', fontsize=9)
   axes[1].imshow(relevance, cmap='inferno', interpolation='nearest')
   axes[1].set_title('attention rollout', fontsize=9)
-  axes[2].imshow(to_display(image))
+  axes[2].imshow(plotting.to_display(image))
   axes[2].imshow(relevance, cmap='inferno', alpha=0.6, interpolation='bilinear',
                  extent=(-0.5, width - 0.5, height - 0.5, -0.5))
   axes[2].set_title('overlay: class-token row' if num_prefix else
                     'overlay: mean of patch rows (gap)', fontsize=9)
   for a in axes:
-    _hide_ticks(a)
+    plotting.hide_ticks(a)
   figure.tight_layout()
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 def patch_filters_figure(kernel: np.ndarray,
@@ -463,16 +392,16 @@ def patch_filters_figure(kernel: np.ndarray,
   rows = -(-len(pcs.components) // cols)
   tiles = np.ones((rows, cols) + pcs.components.shape[1:])
   for i, component in enumerate(pcs.components):
-    tiles[i // cols, i % cols] = normalize(component)
-  figure = new_figure(1.0 + 0.8 * cols, 0.8 + 0.8 * rows)
+    tiles[i // cols, i % cols] = plotting.normalize(component)
+  figure = plotting.new_figure(1.0 + 0.8 * cols, 0.8 + 0.8 * rows)
   axes = figure.subplots()
-  axes.imshow(mosaic(tiles, fill=1.0), interpolation='nearest')
-  _hide_ticks(axes)
+  axes.imshow(plotting.mosaic(tiles, fill=1.0), interpolation='nearest')
+  plotting.hide_ticks(axes)
   axes.set_title(
       f'RGB embedding filters: first {len(pcs.components)} principal '
       f'components ({100 * pcs.explained_variance_ratio.sum():.0f}% of the '
       'variance)', fontsize=8)
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 def posemb_similarity_figure(posemb: np.ndarray,
@@ -485,9 +414,9 @@ def posemb_similarity_figure(posemb: np.ndarray,
   similarity = posemb_similarity(posemb, grid_shape, has_class_token)
   rows, cols = similarity.shape[:2]
   cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
-  figure = new_figure(6.0, 5.0)
+  figure = plotting.new_figure(6.0, 5.0)
   axes = figure.subplots()
-  shown = axes.imshow(mosaic(similarity), cmap=cmap, vmin=-1, vmax=1,
+  shown = axes.imshow(plotting.mosaic(similarity), cmap=cmap, vmin=-1, vmax=1,
                       interpolation='nearest')
   axes.set_xticks([(cols + 1) * c + (cols - 1) / 2 for c in range(cols)],
                   [str(c + 1) for c in range(cols)], fontsize=6)
@@ -499,7 +428,7 @@ def posemb_similarity_figure(posemb: np.ndarray,
   colorbar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
   colorbar.set_label('cosine similarity', fontsize=8)
   figure.tight_layout()
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 def attention_distance_figure(distances: Sequence[np.ndarray]) -> np.ndarray:
@@ -509,7 +438,7 @@ def attention_distance_figure(distances: Sequence[np.ndarray]) -> np.ndarray:
     distances: per layer, a (heads,) array (`mean_attention_distance`).
   """
   _require_attentions(distances)
-  figure = new_figure(4.5, 3.5)
+  figure = plotting.new_figure(4.5, 3.5)
   axes = figure.subplots()
   for layer, heads in enumerate(distances):
     axes.scatter(np.full(len(heads), layer), heads, c=np.arange(len(heads)),
@@ -520,7 +449,7 @@ def attention_distance_figure(distances: Sequence[np.ndarray]) -> np.ndarray:
   axes.set_ylim(0, 1.1 * max(float(np.max(h)) for h in distances) + 1e-6)
   axes.set_title('Mean attention distance per head', fontsize=9)
   figure.tight_layout()
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 def embedding_activations_figure(image: np.ndarray, activations: np.ndarray,
@@ -543,18 +472,18 @@ def embedding_activations_figure(image: np.ndarray, activations: np.ndarray,
   rows = -(-n // cols)
   tiles = np.full((rows, cols) + activations.shape[:2], np.nan)
   for i, channel in enumerate(channels):
-    tiles[i // cols, i % cols] = normalize(activations[..., channel])
+    tiles[i // cols, i % cols] = plotting.normalize(activations[..., channel])
   cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
-  figure = new_figure(7.0, 3.6)
+  figure = plotting.new_figure(7.0, 3.6)
   image_axes, maps_axes = figure.subplots(1, 2)
-  image_axes.imshow(to_display(image))
+  image_axes.imshow(plotting.to_display(image))
   image_axes.set_title('input', fontsize=9)
-  maps_axes.imshow(mosaic(tiles), cmap=cmap, interpolation='nearest')
+  maps_axes.imshow(plotting.mosaic(tiles), cmap=cmap, interpolation='nearest')
   maps_axes.set_title(f'patch embedding: {n} channels', fontsize=9)
   for a in (image_axes, maps_axes):
-    _hide_ticks(a)
+    plotting.hide_ticks(a)
   figure.tight_layout()
-  return figure_to_array(figure)
+  return plotting.figure_to_array(figure)
 
 
 # The model.
@@ -580,7 +509,7 @@ class Probe:
     if self.patch_embeddings is not None and self.attentions:
       height, width = self.grid_shape()
       return self.attentions[0].shape[-1] - height * width
-    return 1 if classifier in TOKEN_CLASSIFIERS else 0
+    return models.num_prefix_tokens(classifier)
 
 
 def _is_patch_embedding(module, method_name: str) -> bool:
@@ -665,13 +594,13 @@ def param_figures(params, classifier: str) -> Dict[str, Any]:
     return patch_filters_figure(np.asarray(jax.device_get(kernel)))
 
   def positions():
-    posemb = find_param(params, 'pos_embedding')
+    posemb = checkpoint.find_param(params, 'pos_embedding')
     if posemb is None:
       raise VisualizationError(
           'The model has no `pos_embedding` parameter (no learned position '
           'embeddings), so there is no position similarity to show.')
     return posemb_similarity_figure(posemb, None,
-                                    classifier in TOKEN_CLASSIFIERS)
+                                    models.num_prefix_tokens(classifier) > 0)
 
   return {'patch_filters': filters, 'posemb_similarity': positions}
 
@@ -715,7 +644,7 @@ def summary_images(model, params, images,
   return figures
 
 
-# CLI.
+# The command.
 
 
 def probe_batches(model, params, images: np.ndarray,
@@ -732,27 +661,6 @@ def probe_batches(model, params, images: np.ndarray,
                         np.concatenate(embeddings)))
 
 
-def first_eval_image(config, image_size: int,
-                     crop_fraction: float) -> Optional[np.ndarray]:
-  """The first image of the run's eval split, preprocessed; None if unread."""
-  # The pipeline pulls in TensorFlow; only the CLI needs it here.
-  from vit_flax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if not config.get('dataset') or config.get('pp') is None:
-    return None
-  try:
-    source = input_pipeline.get_source(config.dataset,
-                                       config.get('tfds_data_dir'),
-                                       config.get('tfds_manual_dir'))
-    examples, _ = source.read(config.pp.test, 0, 1, drop_remainder=False)
-    example = next(iter(examples.take(1)))
-  except (errors.UserError, StopIteration) as e:
-    logging.info('No eval image of %s: %s', config.dataset, e)
-    return None
-  image = input_pipeline.preprocess_eval(source.decode(example['image']),
-                                         image_size, crop_fraction)
-  return np.asarray(image)
-
-
 def unique_names(paths: Sequence[str]) -> List[str]:
   """File stems, numbered where two files share one."""
   names = []
@@ -762,38 +670,30 @@ def unique_names(paths: Sequence[str]) -> List[str]:
   return names
 
 
-def write_png(image: np.ndarray, path: epath.Path):
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format='PNG')
-  path.write_bytes(buffer.getvalue())
-
-
 def define_flags():
-  """Flags of the CLI (not at import: `predict` imports this module)."""
-  from vit_flax import predict  # pylint: disable=g-import-not-at-top
-  predict.define_model_flags()
+  """The command's flags (`--help` lists the model flags too)."""
+  inference.define_model_flags()
+  flags.adopt_module_key_flags(inference)
   flags.DEFINE_string('out', None, 'Directory for the PNG figures.')
   flags.DEFINE_integer('batch_size', 8, 'Images per forward pass.')
   flags.mark_flags_as_required(['out'])
 
 
 def main(argv):
-  # predict imports this module, hence the late import (no cycle at load).
-  from vit_flax import predict  # pylint: disable=g-import-not-at-top
-  predict.hide_gpus_from_tensorflow()
+  host.hide_gpus_from_tensorflow()
   try:
-    loaded = predict.load_model_from_flags()
+    loaded = inference.load_model_from_flags()
   except errors.UserError as e:
     sys.exit(f'Error: {e}')
   paths = argv[1:]
-  good, images, failures = predict.load_images(paths, loaded.image_size,
-                                               loaded.crop_fraction)
+  good, images, failures = inference.load_images(paths, loaded.image_size,
+                                                 loaded.crop_fraction)
   for _, message in failures:
     print(f'Error: {message}', file=sys.stderr)
   names = unique_names(good)
   if not paths:
-    image = first_eval_image(loaded.config, loaded.image_size,
-                             loaded.crop_fraction)
+    image = inference.first_eval_image(loaded.config, loaded.image_size,
+                                       loaded.crop_fraction)
     if image is None:
       print('No image files given and no eval image of the run\'s dataset '
             'could be read: writing only the figures of the parameters.',
@@ -816,7 +716,7 @@ def main(argv):
         probe_result, images.shape[1:3], classifier)
   figures, skipped = build_figures(builders)
   for name, figure in figures.items():
-    write_png(figure, out / f'{name}.png')
+    plotting.write_png(figure, out / f'{name}.png')
     print(f'Wrote {out / name}.png')
   for name, reason in skipped.items():
     print(f'Skipped {name}: {reason}', file=sys.stderr)

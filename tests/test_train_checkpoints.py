@@ -23,7 +23,7 @@ from helpers import tiny_model_config
 from helpers import final_params
 from helpers import write_fashion_mnist
 from vit_flax import checkpoint
-from vit_flax import checkpointing
+from vit_flax import train_checkpoints
 from vit_flax import errors
 from vit_flax import export
 from vit_flax import metrics
@@ -158,7 +158,7 @@ def test_sigterm_saves_at_that_step_and_exits_zero(tmp_path, data,
 
 
 def test_export_round_trip_gives_the_same_logits(tmp_path, reference):
-  config, params = checkpointing.restore_for_inference(reference, 'latest')
+  config, params = train_checkpoints.restore_for_inference(reference, 'latest')
   out = str(tmp_path / 'model.npz')
   count = export.export(reference, out)
   assert count == sum(x.size for x in jax.tree.leaves(params))
@@ -216,11 +216,11 @@ def test_changed_fields_that_cannot_change_are_named(tmp_path, data):
   train.train_and_evaluate(small_config(data), workdir)
   wider = small_config(data)
   wider.model.hidden_size = 32
-  with pytest.raises(checkpointing.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'config.model.hidden_size is 32 but the '
                      r'checkpoint was made with 16'):
     train.train_and_evaluate(wider, workdir)
-  with pytest.raises(checkpointing.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'config.batch is 16 but the checkpoint was made '
                      r'with 8'):
     train.train_and_evaluate(small_config(data, batch=16), workdir)
@@ -248,7 +248,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_earlier_ones_remain(
                         recursive=True):
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 2)
-  with pytest.raises(checkpointing.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'Cannot restore the checkpoint .*checkpoints/4 '
                      r'.*delete .*checkpoints/4 to resume from an earlier'):
     train.train_and_evaluate(small_config(data, total_steps=6), workdir)
@@ -267,8 +267,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data):
   mesh = train.create_mesh()
   tx = train.optim.create_optimizer(config, 1e-3)
   state = train.create_train_state(other, tx, config, 28, mesh)
-  checkpointer = checkpointing.Checkpointer(workdir)
-  with pytest.raises(checkpointing.CheckpointError,
+  checkpointer = train_checkpoints.Checkpointer(workdir)
+  with pytest.raises(errors.CheckpointError,
                      match='written by another model or optimizer'):
     checkpointer.restore(state, config)
   checkpointer.close()
@@ -281,14 +281,14 @@ def test_checkpoints_path_that_is_a_file(tmp_path, data):
 
 
 def test_restore_for_inference_errors(tmp_path):
-  with pytest.raises(checkpointing.CheckpointError, match='No checkpoints'):
-    checkpointing.restore_for_inference(str(tmp_path), 'latest')
-  with pytest.raises(checkpointing.CheckpointError, match="'newest'"):
-    checkpointing.restore_for_inference(str(tmp_path), 'newest')
+  with pytest.raises(errors.CheckpointError, match='No checkpoints'):
+    train_checkpoints.restore_for_inference(str(tmp_path), 'latest')
+  with pytest.raises(errors.CheckpointError, match="'newest'"):
+    train_checkpoints.restore_for_inference(str(tmp_path), 'newest')
 
 
 def test_a_signal_requests_a_stop_and_a_second_acts_as_usual():
-  handler = checkpointing.PreemptionHandler()
+  handler = train_checkpoints.PreemptionHandler()
   try:
     assert not handler.should_stop(1)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -296,3 +296,15 @@ def test_a_signal_requests_a_stop_and_a_second_acts_as_usual():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
   finally:
     handler.restore_handlers()
+
+
+def test_resume_may_rename_the_model_but_not_change_it():
+  config = common.get_config()
+  config.model = model_configs.get_model_config('ViT-S_8-depth6')
+  saved = train_checkpoints._json_ready(config)  # pylint: disable=protected-access
+  renamed = common.get_config()
+  renamed.model = model_configs.get_model_config('ViT-B_16_reduced')
+  train_checkpoints.check_resumable(saved, renamed)  # No error.
+  renamed.model.hidden_size = 192
+  with pytest.raises(errors.CheckpointError, match='model.hidden_size'):
+    train_checkpoints.check_resumable(saved, renamed)

@@ -29,6 +29,8 @@ from vit_flax import errors
 # optimizer state's structure or the data stream.
 IMMUTABLE_FIELDS = ('dataset', 'pp.train', 'model_type', 'model', 'batch',
                     'optimizer', 'optim_dtype', 'seed')
+# Fields under those that only name things, so a resume may change them.
+RENAMEABLE_FIELDS = ('model.model_name',)
 # Multi-process runs poll signals and clocks collectively this often.
 MULTI_PROCESS_POLL_STEPS = 10
 
@@ -45,10 +47,6 @@ def quiet_orbax_logs() -> None:
   logger = std_logging.getLogger('absl')
   if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
     logger.addFilter(_OrbaxInfoFilter())
-
-
-class CheckpointError(errors.UserError):
-  """A checkpoint directory that cannot be used to resume or export."""
 
 
 def _json_ready(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -79,8 +77,9 @@ def check_resumable(saved: Dict[str, Any],
   """Raises if an immutable field changed; logs the fields that did change."""
   current = _json_ready(config)
   for name in _changed_fields(saved, current):
-    if any(name == f or name.startswith(f + '.') for f in IMMUTABLE_FIELDS):
-      raise CheckpointError(
+    if name not in RENAMEABLE_FIELDS and any(
+        name == f or name.startswith(f + '.') for f in IMMUTABLE_FIELDS):
+      raise errors.CheckpointError(
           f'config.{name} is {_field(current, name)!r} but the checkpoint '
           f'was made with {_field(saved, name)!r}; it cannot change when '
           f'resuming. Use the original value, or a new workdir to start '
@@ -92,7 +91,7 @@ def check_resumable(saved: Dict[str, Any],
 
 def _open_directory(path: epath.Path) -> None:
   if path.exists() and not path.is_dir():
-    raise CheckpointError(f'{path} is a file where a checkpoint directory '
+    raise errors.CheckpointError(f'{path} is a file where a checkpoint directory '
                           'should be; move it away or choose another workdir.')
 
 
@@ -121,7 +120,7 @@ class Checkpointer:
       self.best_manager = ocp.CheckpointManager(
           self.directory / 'best', options=options(1, 'best'))
     except OSError as e:
-      raise CheckpointError(
+      raise errors.CheckpointError(
           f'Cannot use checkpoint directory {self.directory} ({e}); check '
           'that the workdir is writable.') from e
     self.best_accuracy = self._saved_best_accuracy()
@@ -188,16 +187,16 @@ class Checkpointer:
           train=ocp.args.StandardRestore({
               'opt_state': abstract.opt_state, 'step': abstract.step,
               'rng': abstract.rng})))
-    except CheckpointError:
+    except errors.CheckpointError:
       raise
     except Exception as e:  # Orbax/tensorstore errors of many kinds.
-      raise CheckpointError(
+      raise errors.CheckpointError(
           f'Cannot restore the checkpoint {path} ({type(e).__name__}: {e}). '
           'It is corrupt or was written by another model or optimizer; '
           f'delete {path} to resume from an earlier checkpoint, or use a new '
           'workdir to start over.') from e
     if saved['data']['step'] != step:
-      raise CheckpointError(f'{path} records data position '
+      raise errors.CheckpointError(f'{path} records data position '
                             f'{saved["data"]} for step {step}.')
     train_items = restored['train']
     state = state.replace(params=restored['params'],
@@ -221,13 +220,13 @@ def restore_for_inference(workdir, which: str = 'latest'
                           ) -> Tuple[ml_collections.ConfigDict, Any]:
   """(config, params as numpy) of a run's latest or best checkpoint."""
   if which not in ('latest', 'best'):
-    raise CheckpointError(f'Unknown checkpoint {which!r}; expected latest or '
+    raise errors.CheckpointError(f'Unknown checkpoint {which!r}; expected latest or '
                           'best (or a .npz path where that is accepted).')
   directory = epath.Path(workdir) / 'checkpoints'
   if which == 'best':
     directory = directory / 'best'
   if not directory.is_dir():
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'No checkpoints in {directory}: is {workdir} the workdir of a run '
         f'that saved a{" best" if which == "best" else ""} checkpoint?')
   manager = ocp.CheckpointManager(
@@ -235,7 +234,7 @@ def restore_for_inference(workdir, which: str = 'latest'
   try:
     step = manager.latest_step()
     if step is None:
-      raise CheckpointError(f'No complete checkpoint in {directory}.')
+      raise errors.CheckpointError(f'No complete checkpoint in {directory}.')
     try:
       # Onto one local device, whatever mesh or process count saved them.
       metadata = ocp.StandardCheckpointHandler().metadata(
@@ -248,7 +247,7 @@ def restore_for_inference(workdir, which: str = 'latest'
           config=ocp.args.JsonRestore(),
           params=ocp.args.StandardRestore(target)))
     except Exception as e:  # Orbax/tensorstore errors of many kinds.
-      raise CheckpointError(
+      raise errors.CheckpointError(
           f'Cannot read the checkpoint {directory / str(step)} '
           f'({type(e).__name__}: {e}); it is corrupt.') from e
   finally:
