@@ -9,10 +9,13 @@ clipped at the borders, and then takes lam as the area left outside the box.
 The targets are lam * smooth(onehot(y_i)) + (1 - lam) * smooth(onehot(y_b-1-i)).
 
 Everything has static shapes and is plain jnp: with the batch sharded over
-devices, XLA moves the partners' rows where they are needed.
+devices, XLA moves the partners' rows where they are needed (the partner of
+a row on the first device is on the last one; timm under DDP flips each
+process's part of the batch instead).
 """
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Dict
 
@@ -51,12 +54,12 @@ def _validate(values: Dict[str, Any], names: Dict[str, str]):
   """
   for field in ('mixup_alpha', 'cutmix_alpha'):
     value = values[field]
-    if not (_is_number(value) and value >= 0):  # `>=` is False for NaN.
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
       raise errors.ConfigError(
-          f'{names[field]}={value!r} must be a number >= 0: the alpha of '
-          'the Beta(alpha, alpha) distribution that lam is drawn from, and '
-          '0 turns this kind of mixing off (e.g. 0.8 for mixup and 1.0 for '
-          'CutMix, as in DeiT).')
+          f'{names[field]}={value!r} must be a finite number >= 0: the '
+          'alpha of the Beta(alpha, alpha) distribution that lam is drawn '
+          'from, and 0 turns this kind of mixing off (e.g. 0.8 for mixup '
+          'and 1.0 for CutMix, as in DeiT).')
   for field, meaning in (
       ('prob', 'the probability of mixing a batch (an example in mode '
        "'elem') at all"),
@@ -141,6 +144,22 @@ class Mixed:
   weight: jax.Array
 
 
+def _beta_pairs(rng, alphas, n: int):
+  """n draws of Beta(alpha, alpha) for each alpha > 0 of `alphas` (None for
+  the others), from one Gamma sampler: compiling each sampler takes seconds.
+
+  Beta(a, a) = G1 / (G1 + G2) with G1, G2 ~ Gamma(a), taken in log space (as
+  `jax.random.beta` does) so that small alphas do not underflow to 0 / 0.
+  """
+  used = [alpha for alpha in alphas if alpha > 0]
+  concentration = jnp.repeat(jnp.array(used, jnp.float32), 2 * n)
+  log_gamma = jax.random.loggamma(rng, concentration).reshape(len(used), 2, n)
+  log_gamma -= log_gamma.max(1, keepdims=True)
+  gamma = jnp.exp(log_gamma)
+  lams = iter(gamma[:, 0] / (gamma[:, 0] + gamma[:, 1]))
+  return [next(lams) if alpha > 0 else None for alpha in alphas]
+
+
 def _cutmix_boxes(rng, lam, height: int, width: int):
   """`rand_bbox`-like boxes, one per entry of `lam`.
 
@@ -206,26 +225,24 @@ def mix_batch(rng, images, labels, num_classes: int,
                  weight=jnp.ones((batch,), jnp.float32))
 
   draws = 1 if options.mode == 'batch' else batch
-  rng_mix, rng_switch, rng_mixup, rng_cutmix, rng_box = jax.random.split(rng, 5)
+  rng_mix, rng_switch, rng_lam, rng_box = jax.random.split(rng, 4)
   mixed = jax.random.uniform(rng_mix, (draws,)) < options.prob
   if options.mixup_alpha > 0 and options.cutmix_alpha > 0:
     use_cutmix = jax.random.uniform(rng_switch, (draws,)) < options.switch_prob
   else:
     use_cutmix = jnp.full((draws,), options.cutmix_alpha > 0)
 
+  mixup_lam, cutmix_lam = _beta_pairs(
+      rng_lam, (options.mixup_alpha, options.cutmix_alpha), draws)
   # Per draw: the weight of the example's own pixels, (draws, h or 1, w or 1),
   # and of its own label, (draws,). 1 where not mixed.
   pixel_weight = jnp.ones((draws, 1, 1))
   weight = jnp.ones((draws,))
   if options.mixup_alpha > 0:
-    lam = jax.random.beta(rng_mixup, options.mixup_alpha, options.mixup_alpha,
-                          (draws,))
-    pixel_weight = lam[:, None, None]
-    weight = lam
+    pixel_weight = mixup_lam[:, None, None]
+    weight = mixup_lam
   if options.cutmix_alpha > 0:
-    lam = jax.random.beta(rng_cutmix, options.cutmix_alpha,
-                          options.cutmix_alpha, (draws,))
-    in_box, box_lam = _cutmix_boxes(rng_box, lam, height, width)
+    in_box, box_lam = _cutmix_boxes(rng_box, cutmix_lam, height, width)
     pixel_weight = jnp.where(use_cutmix[:, None, None], (~in_box) * 1.0,
                              pixel_weight)
     weight = jnp.where(use_cutmix, box_lam, weight)
@@ -248,7 +265,7 @@ def soft_cross_entropy(logits, targets):
 
 
 def mixed_accuracy(logits, mixed: Mixed):
-  """The train accuracy of a mixed batch.
+  """The train accuracy of a mixed batch (how train accuracy is defined).
 
   A prediction counts `weight` if it is the example's own label and
   `1 - weight` if it is its partner's, averaged over the batch: the plain
