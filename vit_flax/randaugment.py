@@ -1,0 +1,419 @@
+"""RandAugment and TrivialAugment-wide on whole uint8 batches, in TensorFlow.
+
+RandAugment (arXiv 1909.13719) applies `num_ops` operations in sequence to
+each image, each drawn uniformly from `RANDAUGMENT_OPS` (torchvision's
+RandAugment set) at one strength, `magnitude`, on timm's and big_vision's 0-10
+scale: an op's argument is `magnitude / 10` of its maximum, with a random sign
+for the signed ops. The arguments follow timm's "increasing" variants, so
+that magnitude 0 leaves every image as it is:
+
+  rotate        +-30 degrees, counter-clockwise about the centre (PIL).
+  shear_x/y     +-0.3, about the top-left corner (PIL's affine (1, s, 0, ...)).
+  translate_x/y +-0.45 of the width / height (timm's translate_pct).
+  color, contrast, brightness, sharpness: factor 1 +- 0.9 level.
+  posterize     8 - round(4 level) bits kept (torchvision's rounding).
+  solarize      pixels >= 256 (1 - level) are inverted (timm).
+  identity, autocontrast, equalize: no argument.
+
+TrivialAugment-wide (arXiv 2103.10158) applies one op per image at a strength
+drawn uniformly from 31 bins, with torchvision's `TrivialAugmentWide` ranges:
+rotate 135 degrees, shear 0.99, translate 32 whole pixels, enhance factors
+1 +- 0.99, posterize 8 down to 2 bits, solarize threshold 255 down to 0.
+
+The ops follow PIL's definitions (ImageOps, ImageEnhance), as timm and
+torchvision do: enhance ops blend with a degenerate image (black for
+brightness, the mean luminance for contrast, the luminance for color, the
+3x3 SMOOTH filter on interior pixels for sharpness) and truncate to uint8;
+autocontrast stretches each channel's min-max to 0-255 (identity where a
+channel is flat); equalize uses PIL's per-channel lookup table. Geometric ops
+resample bilinearly (timm; torchvision defaults to nearest) with PIL's
+pixel-centre convention and put `fill` where no input pixel maps.
+
+Everything is a stateless whole-batch op keyed by a `[2]`-shaped seed, for
+`tf.data` maps on batches: each example's op, sign and bin are its own draws,
+and the batch is partitioned by op so that each image costs only its own op.
+"""
+
+import dataclasses
+import math
+import numbers
+
+import tensorflow as tf
+
+from vit_flax import errors
+
+RANDAUGMENT_OPS = ('identity', 'autocontrast', 'equalize', 'rotate',
+                   'solarize', 'color', 'posterize', 'contrast', 'brightness',
+                   'sharpness', 'shear_x', 'shear_y', 'translate_x',
+                   'translate_y')
+MAX_NUM_OPS = 10
+MAX_MAGNITUDE = 10
+TRIVIAL_AUGMENT_BINS = 31
+
+_OP = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+_AFFINE_OPS = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
+_SIGNED_OPS = _AFFINE_OPS + ('color', 'contrast', 'brightness', 'sharpness')
+# PIL's RGB -> L weights, ITU-R 601-2's (0.299, 0.587, 0.114) in 16 bits.
+_LUMA_FIXED_POINT = (19595, 38470, 7471)
+
+
+def check_randaugment(num_ops, magnitude):
+  """Raises ConfigError unless RandAugment's settings are usable."""
+  if (isinstance(num_ops, bool) or not isinstance(num_ops, numbers.Integral)
+      or not 1 <= num_ops <= MAX_NUM_OPS):
+    raise errors.ConfigError(
+        f'RandAugment num_ops={num_ops!r} is not a usable number of ops: '
+        f'use an integer from 1 to {MAX_NUM_OPS} (2 is the common choice), '
+        'the number of ops applied to each image in sequence.')
+  if (isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real)
+      or not 0 <= magnitude <= MAX_MAGNITUDE):
+    raise errors.ConfigError(
+        f'RandAugment magnitude={magnitude!r} is outside the valid range: '
+        f'use a number from 0 (no change) to {MAX_MAGNITUDE} (each op at '
+        'its strongest), as in timm and big_vision (9 is common).')
+
+
+def _check_fill(fill):
+  if (isinstance(fill, bool) or not isinstance(fill, numbers.Real)
+      or not 0 <= fill <= 255):
+    raise errors.ConfigError(
+        f'Augmentation fill={fill!r} is not a uint8 pixel value: use a '
+        'number from 0 to 255 (128, mid-grey, is the default).')
+
+
+def _check_images(images) -> tf.Tensor:
+  images = tf.convert_to_tensor(images)
+  shape = images.shape
+  if (images.dtype != tf.uint8 or shape.rank != 4 or shape[-1] not in (1, 3)
+      or None in shape[1:]):
+    raise errors.UserError(
+        f'RandAugment needs a batch of uint8 images (batch, height, width, '
+        f'channels) with 1 or 3 channels and a known height and width; got '
+        f'dtype {images.dtype.name} and shape {shape}.')
+  return images
+
+
+# The ops. Each takes a part of the batch, (n, h, w, c) uint8, and one
+# float32 argument per image, (n,), and returns the part's new images.
+
+
+def _per_image(values):
+  """(n,) -> (n, 1, 1, 1), to broadcast over each image's pixels."""
+  return tf.reshape(values, [-1, 1, 1, 1])
+
+
+def _blend(degenerate, images, factor):
+  """PIL's ImageEnhance: degenerate + factor (image - degenerate), truncated
+  to uint8 as PIL does; `degenerate` is integer-valued, so factor 1 gives
+  the image back exactly."""
+  pixels = tf.cast(images, tf.float32)
+  blended = degenerate + _per_image(factor) * (pixels - degenerate)
+  return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
+
+
+def _identity(images, unused_arg):
+  return images
+
+
+def _solarize(images, threshold):
+  """Inverts the pixels >= threshold."""
+  # x >= t for integer x is x >= ceil(t); 256 or more inverts nothing. The
+  # margin keeps float round-off in the policies' integer thresholds (255 (1
+  # - k / 30) at even k) from moving them up by one.
+  threshold = tf.cast(tf.math.ceil(_per_image(threshold) - 1e-3), tf.int32)
+  return tf.where(tf.cast(images, tf.int32) >= threshold, 255 - images,
+                  images)
+
+
+def _posterize(images, bits):
+  """Keeps the `bits` most significant bits of each value."""
+  bits = tf.clip_by_value(tf.cast(tf.round(bits), tf.int32), 0, 8)
+  mask = tf.cast(256 - tf.bitwise.left_shift(1, 8 - bits), tf.uint8)
+  return tf.bitwise.bitwise_and(images, _per_image(mask))
+
+
+def _brightness(images, factor):
+  return _blend(0.0, images, factor)
+
+
+def _luminance(images):
+  """PIL's RGB -> L conversion, in its fixed point: (n, h, w, 1) int32."""
+  if images.shape[-1] == 1:
+    return tf.cast(images, tf.int32)
+  weighted = tf.cast(images, tf.int32) * tf.constant(_LUMA_FIXED_POINT)
+  return tf.bitwise.right_shift(
+      tf.reduce_sum(weighted, axis=-1, keepdims=True) + 0x8000, 16)
+
+
+def _contrast(images, factor):
+  """Blends with the image's mean luminance, rounded as PIL rounds it."""
+  mean = tf.reduce_mean(tf.cast(_luminance(images), tf.float32), axis=[1, 2],
+                        keepdims=True)
+  return _blend(tf.floor(mean + 0.5), images, factor)
+
+
+def _color(images, factor):
+  """Blends with the luminance image: a grey image's colour is itself."""
+  if images.shape[-1] == 1:
+    return images
+  return _blend(tf.cast(_luminance(images), tf.float32), images, factor)
+
+
+def _sharpness(images, factor):
+  """Blends with PIL's SMOOTH filter, applied to interior pixels only."""
+  height, width = images.shape[1:3]
+  if height < 3 or width < 3:
+    return images  # No interior pixels.
+  pixels = tf.cast(images, tf.float32)
+  # The kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a separable 3x3 box
+  # sum plus 4 x the centre: exact in float32.
+  rows = pixels[:, :, :-2] + pixels[:, :, 1:-1] + pixels[:, :, 2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  centre = pixels[:, 1:-1, 1:-1]
+  smooth = tf.round((box + 4 * centre) / 13)
+  # The degenerate image: smoothed inside, the image's own border around.
+  degenerate = pixels + tf.pad(smooth - centre,
+                               [[0, 0], [1, 1], [1, 1], [0, 0]])
+  return _blend(degenerate, images, factor)
+
+
+def _channels_as_rows(images):
+  """(n, h, w, c) -> (n c, h w) int32: one row per image and channel."""
+  n = tf.shape(images)[0]
+  height, width, channels = images.shape[1:]
+  if channels > 1:
+    images = tf.transpose(images, [0, 3, 1, 2])
+  return tf.reshape(tf.cast(images, tf.int32), [n * channels, height * width])
+
+
+def _rows_as_images(rows, like):
+  n = tf.shape(like)[0]
+  height, width, channels = like.shape[1:]
+  images = tf.reshape(tf.cast(rows, tf.uint8), [n, channels, height, width])
+  if channels > 1:
+    images = tf.transpose(images, [0, 2, 3, 1])
+  return tf.reshape(images, tf.shape(like))
+
+
+def _autocontrast(images, unused_arg):
+  """Maps each channel's [min, max] onto [0, 255]; flat channels stay."""
+  values = tf.cast(images, tf.int32)
+  low = tf.reduce_min(values, axis=[1, 2], keepdims=True)
+  high = tf.reduce_max(values, axis=[1, 2], keepdims=True)
+  # Integer arithmetic: exact where PIL's float scale can round 255 to 254.
+  stretched = (values - low) * 255 // tf.maximum(high - low, 1)
+  return tf.cast(tf.where(high > low, stretched, values), tf.uint8)
+
+
+def _equalize(images, unused_arg):
+  """PIL's ImageOps.equalize per image and channel, by lookup tables."""
+  rows = _channels_as_rows(images)
+  num_pixels = rows.shape[1]
+  histograms = tf.math.bincount(rows, minlength=256, maxlength=256, axis=-1)
+  # PIL's step leaves out the count of the highest value present.
+  top_count = tf.gather(histograms, tf.reduce_max(rows, axis=1),
+                        batch_dims=1)
+  step = (num_pixels - top_count)[:, None] // 255
+  below = tf.cumsum(histograms, axis=1, exclusive=True)
+  tables = tf.minimum((below + step // 2) // tf.maximum(step, 1), 255)
+  tables = tf.where(step > 0, tables, tf.range(256)[None])
+  return _rows_as_images(tf.gather(tables, rows, batch_dims=1), images)
+
+
+def _affine(images, ops, args, fill):
+  """Rotations, shears and translations, one resampling call for all.
+
+  Each image's inverse map, output -> input point, is x_in = M x_out + t in
+  PIL's continuous coordinates (pixel centres at index + 0.5), converted to
+  the pixel indices of ImageProjectiveTransformV3."""
+  height, width = images.shape[1:3]
+
+  def is_op(name):
+    return tf.equal(ops, _OP[name])
+
+  zeros, ones = tf.zeros_like(args), tf.ones_like(args)
+  angle = tf.where(is_op('rotate'), args * (math.pi / 180), zeros)
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  shear_x = tf.where(is_op('shear_x'), args, zeros)
+  shear_y = tf.where(is_op('shear_y'), args, zeros)
+  # Rotations keep the centre (w / 2, h / 2) in place; shears and
+  # translations move from the top-left corner, as in PIL.
+  m00 = tf.where(is_op('rotate'), cos, ones)
+  m01 = tf.where(is_op('rotate'), -sin, shear_x)
+  m10 = tf.where(is_op('rotate'), sin, shear_y)
+  m11 = m00
+  cx, cy = width / 2, height / 2
+  t0 = tf.where(is_op('rotate'), cx - m00 * cx - m01 * cy,
+                tf.where(is_op('translate_x'), args, zeros))
+  t1 = tf.where(is_op('rotate'), cy - m10 * cx - m11 * cy,
+                tf.where(is_op('translate_y'), args, zeros))
+  # Index coordinates: x_in = M x_out + (M (0.5, 0.5) + t - 0.5).
+  t0 = t0 + 0.5 * (m00 + m01) - 0.5
+  t1 = t1 + 0.5 * (m10 + m11) - 0.5
+  transforms = tf.stack([m00, m01, t0, m10, m11, t1, zeros, zeros], axis=1)
+  # In floats, rounded: on uint8 the op truncates, and a 180 degree turn's
+  # sin(pi) of 1e-7 would take one off many pixels.
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.cast(images, tf.float32), transforms=transforms,
+      output_shape=tf.constant([height, width]),
+      fill_value=tf.constant(fill, tf.float32), interpolation='BILINEAR',
+      fill_mode='CONSTANT')
+  return tf.cast(tf.round(out), tf.uint8)
+
+
+_POINTWISE = {
+    'identity': _identity, 'autocontrast': _autocontrast,
+    'equalize': _equalize, 'solarize': _solarize, 'color': _color,
+    'posterize': _posterize, 'contrast': _contrast,
+    'brightness': _brightness, 'sharpness': _sharpness,
+}
+# The batch's parts: one per non-geometric op, and all geometric ops in one.
+_PARTS = tuple(_POINTWISE) + ('affine',)
+_PART_OF_OP = tuple(_PARTS.index('affine' if name in _AFFINE_OPS else name)
+                    for name in RANDAUGMENT_OPS)
+
+
+def apply_ops(images, ops, args, fill=128):
+  """Applies op `RANDAUGMENT_OPS[ops[i]]` with argument `args[i]` to image i.
+
+  Args:
+    images: (batch, height, width, channels) uint8, 1 or 3 channels.
+    ops: (batch,) integer op indices into RANDAUGMENT_OPS.
+    args: (batch,) float arguments in each op's own units: degrees
+      (counter-clockwise) for rotate, shear factors, pixels for translations
+      (positive moves the content left / up, as PIL's affine offsets), enhance
+      factors (1 keeps the image), bits kept for posterize, the threshold for
+      solarize (pixels >= it are inverted); ignored by the other ops.
+    fill: the value of pixels that geometric ops leave uncovered.
+
+  Returns:
+    The images, uint8, of the same shape. Each image's result depends only
+    on its own op and argument.
+  """
+  images = _check_images(images)
+  _check_fill(fill)
+  ops = tf.cast(ops, tf.int32)
+  args = tf.cast(args, tf.float32)
+  parts = tf.gather(tf.constant(_PART_OF_OP, tf.int32), ops)
+  num_parts = len(_PARTS)
+  positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), parts,
+                                   num_parts)
+  part_images = tf.dynamic_partition(images, parts, num_parts)
+  part_ops = tf.dynamic_partition(ops, parts, num_parts)
+  part_args = tf.dynamic_partition(args, parts, num_parts)
+  results = []
+  for name, x, part_op, arg in zip(_PARTS, part_images, part_ops, part_args):
+    if name == 'affine':
+      results.append(_affine(x, part_op, arg, fill))
+    else:
+      results.append(_POINTWISE[name](x, arg))
+  out = tf.dynamic_stitch(positions, results)
+  return tf.ensure_shape(out, images.shape)
+
+
+# The policies: each image's op, sign and strength, and the op's argument.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranges:
+  """Each op's argument at level 1 (level 0 being the identity)."""
+  rotate: float  # Degrees.
+  shear: float
+  translate: float  # A fraction of the size, or pixels with `pixels`.
+  enhance: float  # Factors 1 +- enhance.
+  posterize: float  # Bits removed.
+  solarize: float  # The threshold at level 0, down to 0 at level 1.
+  pixels: bool = False  # Translations in whole pixels, not fractions.
+
+
+_RANDAUGMENT_RANGES = _Ranges(rotate=30.0, shear=0.3, translate=0.45,
+                              enhance=0.9, posterize=4, solarize=256.0)
+_TRIVIAL_AUGMENT_WIDE_RANGES = _Ranges(
+    rotate=135.0, shear=0.99, translate=32.0, enhance=0.99, posterize=6,
+    solarize=255.0, pixels=True)
+
+
+def _op_args(ops, level, sign, ranges: _Ranges, height, width):
+  """Each image's argument for its op at `level` (n,) in [0, 1]."""
+  if ranges.pixels:  # torchvision: int() of the signed number of pixels.
+    shift_x = shift_y = tf.floor(ranges.translate * level)
+  else:
+    shift_x = ranges.translate * width * level
+    shift_y = ranges.translate * height * level
+  zeros = tf.zeros_like(level)
+  enhance = 1.0 + sign * ranges.enhance * level
+  by_op = {
+      'rotate': sign * ranges.rotate * level,
+      'solarize': ranges.solarize * (1.0 - level),
+      'color': enhance, 'contrast': enhance, 'brightness': enhance,
+      'sharpness': enhance,
+      'posterize': 8.0 - tf.round(ranges.posterize * level),
+      'shear_x': sign * ranges.shear * level,
+      'shear_y': sign * ranges.shear * level,
+      'translate_x': sign * shift_x, 'translate_y': sign * shift_y,
+  }
+  table = tf.stack([by_op.get(name, zeros) for name in RANDAUGMENT_OPS],
+                   axis=1)
+  return tf.gather(table, ops, batch_dims=1)
+
+
+def _draw_ops(images, seed, level_of, ranges: _Ranges, fill):
+  """One op per image: drawn op, sign and `level_of(level_seed, n)`."""
+  op_seed, sign_seed, level_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  n = tf.shape(images)[0]
+  ops = tf.random.stateless_uniform([n], op_seed, 0, len(RANDAUGMENT_OPS),
+                                    tf.int32)
+  sign = tf.where(tf.random.stateless_uniform([n], sign_seed) < 0.5, -1.0,
+                  1.0)
+  args = _op_args(ops, level_of(level_seed, n), sign, ranges,
+                  images.shape[1], images.shape[2])
+  return apply_ops(images, ops, args, fill)
+
+
+def randaugment(images, seed, num_ops: int, magnitude: float, fill=128):
+  """RandAugment of a batch: `num_ops` random ops per image at `magnitude`.
+
+  Args:
+    images: (batch, height, width, channels) uint8, 1 or 3 channels.
+    seed: a [2]-shaped integer seed; the result is a function of it.
+    num_ops: ops applied to each image in sequence, 1 to MAX_NUM_OPS.
+    magnitude: every op's strength, 0 (none) to MAX_MAGNITUDE.
+    fill: the value of pixels that geometric ops leave uncovered.
+
+  Returns:
+    The augmented images, uint8, of the same shape.
+  """
+  check_randaugment(num_ops, magnitude)
+  images = _check_images(images)
+  level = magnitude / MAX_MAGNITUDE
+
+  def level_of(unused_seed, n):
+    return tf.fill([n], tf.constant(level, tf.float32))
+
+  for op_seed in tf.unstack(
+      tf.random.experimental.stateless_split(seed, num_ops)):
+    images = _draw_ops(images, op_seed, level_of, _RANDAUGMENT_RANGES, fill)
+  return images
+
+
+def trivial_augment_wide(images, seed, fill=128):
+  """TrivialAugment-wide of a batch: one random op per image, at a random
+  strength of 31 bins, with torchvision's wide ranges.
+
+  Args:
+    images: (batch, height, width, channels) uint8, 1 or 3 channels.
+    seed: a [2]-shaped integer seed; the result is a function of it.
+    fill: the value of pixels that geometric ops leave uncovered.
+
+  Returns:
+    The augmented images, uint8, of the same shape.
+  """
+  images = _check_images(images)
+  last_bin = TRIVIAL_AUGMENT_BINS - 1
+
+  def level_of(seed, n):
+    bins = tf.random.stateless_uniform([n], seed, 0, last_bin + 1, tf.int32)
+    return tf.cast(bins, tf.float32) / last_bin
+
+  return _draw_ops(images, seed, level_of, _TRIVIAL_AUGMENT_WIDE_RANGES, fill)
