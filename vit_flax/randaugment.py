@@ -26,8 +26,10 @@ brightness, the mean luminance for contrast, the luminance for color, the
 3x3 SMOOTH filter on interior pixels for sharpness) and truncate to uint8;
 autocontrast stretches each channel's min-max to 0-255 (identity where a
 channel is flat); equalize uses PIL's per-channel lookup table. Geometric ops
-resample bilinearly (timm; torchvision defaults to nearest) with PIL's
-pixel-centre convention and put `fill` where no input pixel maps.
+use PIL's pixel-centre convention, resample bilinearly (as timm) or, at
+about half the cost, to the nearest pixel (torchvision's and big_vision's
+default), and put `fill` where no input pixel maps; at the edge of the
+covered area bilinear sampling blends with `fill` where PIL's cuts off.
 
 Everything is a stateless whole-batch op keyed by a `[2]`-shaped seed, for
 `tf.data` maps on batches: each example's op, sign and bin are its own draws,
@@ -49,6 +51,7 @@ RANDAUGMENT_OPS = ('identity', 'autocontrast', 'equalize', 'rotate',
 MAX_NUM_OPS = 10
 MAX_MAGNITUDE = 10
 TRIVIAL_AUGMENT_BINS = 31
+INTERPOLATIONS = ('bilinear', 'nearest')
 
 _OP = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
 _AFFINE_OPS = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
@@ -81,6 +84,14 @@ def _check_fill(fill):
         'number from 0 to 255 (128, mid-grey, is the default).')
 
 
+def _check_interpolation(interpolation):
+  if interpolation not in INTERPOLATIONS:
+    raise errors.ConfigError(
+        f'Augmentation interpolation={interpolation!r} is unknown; use one '
+        f'of {INTERPOLATIONS} (bilinear as timm; nearest as torchvision and '
+        'big_vision, at about half the cost).')
+
+
 def _check_images(images) -> tf.Tensor:
   images = tf.convert_to_tensor(images)
   shape = images.shape
@@ -102,11 +113,10 @@ def _per_image(values):
   return tf.reshape(values, [-1, 1, 1, 1])
 
 
-def _blend(degenerate, images, factor):
-  """PIL's ImageEnhance: degenerate + factor (image - degenerate), truncated
-  to uint8 as PIL does; `degenerate` is integer-valued, so factor 1 gives
-  the image back exactly."""
-  pixels = tf.cast(images, tf.float32)
+def _blend(degenerate, pixels, factor):
+  """PIL's ImageEnhance on float32 `pixels`: degenerate + factor (pixels -
+  degenerate), in float32 and truncated to uint8 as PIL does. `degenerate`
+  is integer-valued, so factor 1 gives the pixels back exactly."""
   blended = degenerate + _per_image(factor) * (pixels - degenerate)
   return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
 
@@ -117,12 +127,17 @@ def _identity(images, unused_arg):
 
 def _solarize(images, threshold):
   """Inverts the pixels >= threshold."""
-  # x >= t for integer x is x >= ceil(t); 256 or more inverts nothing. The
-  # margin keeps float round-off in the policies' integer thresholds (255 (1
-  # - k / 30) at even k) from moving them up by one.
-  threshold = tf.cast(tf.math.ceil(_per_image(threshold) - 1e-3), tf.int32)
-  return tf.where(tf.cast(images, tf.int32) >= threshold, 255 - images,
-                  images)
+  # x >= t for integer x is x >= ceil(t). The margin keeps float round-off
+  # in the policies' integer thresholds (255 (1 - k / 30) at even k) from
+  # moving them up by one.
+  threshold = tf.math.ceil(_per_image(threshold) - 1e-3)
+  # Inverting is xor with 255; no pixel reaches a threshold of 256 or more.
+  # (Cheaper than a broadcasting tf.where.)
+  mask = tf.cast(threshold <= 255, tf.uint8) * 255
+  at_or_above = tf.cast(
+      images >= tf.cast(tf.clip_by_value(threshold, 0, 255), tf.uint8),
+      tf.uint8)
+  return tf.bitwise.bitwise_xor(images, at_or_above * mask)
 
 
 def _posterize(images, bits):
@@ -133,34 +148,38 @@ def _posterize(images, bits):
 
 
 def _brightness(images, factor):
-  return _blend(0.0, images, factor)
+  """Blends with black: x factor, truncated."""
+  scaled = tf.cast(images, tf.float32) * _per_image(factor)
+  return tf.cast(tf.minimum(scaled, 255.0), tf.uint8)
 
 
 def _luminance(images):
-  """PIL's RGB -> L conversion, in its fixed point: (n, h, w, 1) int32."""
+  """PIL's RGB -> L conversion, in its 16-bit fixed point: (n, h, w, 1)
+  float32. Exact in float32, as every sum stays below 2^24."""
+  pixels = tf.cast(images, tf.float32)
   if images.shape[-1] == 1:
-    return tf.cast(images, tf.int32)
-  weighted = tf.cast(images, tf.int32) * tf.constant(_LUMA_FIXED_POINT)
-  return tf.bitwise.right_shift(
-      tf.reduce_sum(weighted, axis=-1, keepdims=True) + 0x8000, 16)
+    return pixels
+  weights = _LUMA_FIXED_POINT
+  weighted = (pixels[..., :1] * weights[0] + pixels[..., 1:2] * weights[1] +
+              pixels[..., 2:] * weights[2])
+  return tf.floor((weighted + 0x8000) * (1 / 0x10000))
 
 
 def _contrast(images, factor):
   """Blends with the image's mean luminance, rounded as PIL rounds it."""
-  mean = tf.reduce_mean(tf.cast(_luminance(images), tf.float32), axis=[1, 2],
-                        keepdims=True)
-  return _blend(tf.floor(mean + 0.5), images, factor)
+  mean = tf.reduce_mean(_luminance(images), axis=[1, 2], keepdims=True)
+  return _blend(tf.floor(mean + 0.5), tf.cast(images, tf.float32), factor)
 
 
 def _color(images, factor):
   """Blends with the luminance image: a grey image's colour is itself."""
   if images.shape[-1] == 1:
     return images
-  return _blend(tf.cast(_luminance(images), tf.float32), images, factor)
+  return _blend(_luminance(images), tf.cast(images, tf.float32), factor)
 
 
 def _sharpness(images, factor):
-  """Blends with PIL's SMOOTH filter, applied to interior pixels only."""
+  """Blends with PIL's SMOOTH filter, on interior pixels only (as PIL)."""
   height, width = images.shape[1:3]
   if height < 3 or width < 3:
     return images  # No interior pixels.
@@ -170,57 +189,52 @@ def _sharpness(images, factor):
   rows = pixels[:, :, :-2] + pixels[:, :, 1:-1] + pixels[:, :, 2:]
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
   centre = pixels[:, 1:-1, 1:-1]
-  smooth = tf.round((box + 4 * centre) / 13)
-  # The degenerate image: smoothed inside, the image's own border around.
-  degenerate = pixels + tf.pad(smooth - centre,
-                               [[0, 0], [1, 1], [1, 1], [0, 0]])
-  return _blend(degenerate, images, factor)
-
-
-def _channels_as_rows(images):
-  """(n, h, w, c) -> (n c, h w) int32: one row per image and channel."""
-  n = tf.shape(images)[0]
-  height, width, channels = images.shape[1:]
-  if channels > 1:
-    images = tf.transpose(images, [0, 3, 1, 2])
-  return tf.reshape(tf.cast(images, tf.int32), [n * channels, height * width])
-
-
-def _rows_as_images(rows, like):
-  n = tf.shape(like)[0]
-  height, width, channels = like.shape[1:]
-  images = tf.reshape(tf.cast(rows, tf.uint8), [n, channels, height, width])
-  if channels > 1:
-    images = tf.transpose(images, [0, 2, 3, 1])
-  return tf.reshape(images, tf.shape(like))
+  smooth = tf.round((box + 4 * centre) * (1 / 13))
+  inside = _blend(smooth, centre, factor)
+  middle = tf.concat([images[:, 1:-1, :1], inside, images[:, 1:-1, -1:]],
+                     axis=2)
+  return tf.concat([images[:, :1], middle, images[:, -1:]], axis=1)
 
 
 def _autocontrast(images, unused_arg):
   """Maps each channel's [min, max] onto [0, 255]; flat channels stay."""
-  values = tf.cast(images, tf.int32)
-  low = tf.reduce_min(values, axis=[1, 2], keepdims=True)
-  high = tf.reduce_max(values, axis=[1, 2], keepdims=True)
-  # Integer arithmetic: exact where PIL's float scale can round 255 to 254.
-  stretched = (values - low) * 255 // tf.maximum(high - low, 1)
-  return tf.cast(tf.where(high > low, stretched, values), tf.uint8)
+  low = tf.cast(tf.reduce_min(images, axis=[1, 2], keepdims=True), tf.float32)
+  high = tf.cast(tf.reduce_max(images, axis=[1, 2], keepdims=True),
+                 tf.float32)
+  flat = high <= low
+  # Flat channels: offset 0, scale 1 (torchvision's way), no select.
+  low = tf.where(flat, 0.0, low)
+  scale = tf.where(flat, 1.0, 255 / tf.maximum(high - low, 1.0))
+  # floor((x - low) 255 / (high - low)), exactly: the float error is below
+  # 1e-4 and a non-integer quotient is at least 1 / 255 below the next
+  # integer, so the margin of 1e-3 never crosses one. (PIL's float scale
+  # can round 255 down to 254.)
+  stretched = tf.cast(images, tf.float32) * scale + (1e-3 - low * scale)
+  return tf.cast(stretched, tf.uint8)
 
 
 def _equalize(images, unused_arg):
   """PIL's ImageOps.equalize per image and channel, by lookup tables."""
-  rows = _channels_as_rows(images)
-  num_pixels = rows.shape[1]
-  histograms = tf.math.bincount(rows, minlength=256, maxlength=256, axis=-1)
+  n = tf.shape(images)[0]
+  height, width, channels = images.shape[1:]
+  # Each value's place in a flat table of 256 entries per image and channel.
+  rows = tf.reshape(tf.range(n * channels) * 256, [n, 1, 1, channels])
+  places = tf.cast(images, tf.int32) + rows
+  histograms = tf.reshape(
+      tf.math.bincount(places, minlength=n * channels * 256,
+                       maxlength=n * channels * 256), [n * channels, 256])
   # PIL's step leaves out the count of the highest value present.
-  top_count = tf.gather(histograms, tf.reduce_max(rows, axis=1),
-                        batch_dims=1)
-  step = (num_pixels - top_count)[:, None] // 255
+  top = tf.reshape(tf.cast(tf.reduce_max(images, axis=[1, 2]), tf.int32),
+                   [-1])
+  top_count = tf.gather(histograms, top, batch_dims=1)
+  step = (height * width - top_count)[:, None] // 255
   below = tf.cumsum(histograms, axis=1, exclusive=True)
   tables = tf.minimum((below + step // 2) // tf.maximum(step, 1), 255)
   tables = tf.where(step > 0, tables, tf.range(256)[None])
-  return _rows_as_images(tf.gather(tables, rows, batch_dims=1), images)
+  return tf.gather(tf.reshape(tf.cast(tables, tf.uint8), [-1]), places)
 
 
-def _affine(images, ops, args, fill):
+def _affine(images, ops, args, fill, interpolation):
   """Rotations, shears and translations, one resampling call for all.
 
   Each image's inverse map, output -> input point, is x_in = M x_out + t in
@@ -251,14 +265,19 @@ def _affine(images, ops, args, fill):
   t0 = t0 + 0.5 * (m00 + m01) - 0.5
   t1 = t1 + 0.5 * (m10 + m11) - 0.5
   transforms = tf.stack([m00, m01, t0, m10, m11, t1, zeros, zeros], axis=1)
-  # In floats, rounded: on uint8 the op truncates, and a 180 degree turn's
-  # sin(pi) of 1e-7 would take one off many pixels.
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.cast(images, tf.float32), transforms=transforms,
-      output_shape=tf.constant([height, width]),
-      fill_value=tf.constant(fill, tf.float32), interpolation='BILINEAR',
-      fill_mode='CONSTANT')
-  return tf.cast(tf.round(out), tf.uint8)
+
+  def transform(images):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms,
+        output_shape=tf.constant([height, width]),
+        fill_value=tf.constant(fill, tf.float32),
+        interpolation=interpolation.upper(), fill_mode='CONSTANT')
+
+  if interpolation == 'nearest':
+    return transform(images)
+  # Bilinear in floats, rounded: on uint8 the op truncates, and a half
+  # turn's sin(pi) of 1e-7 would take one off many pixels.
+  return tf.cast(tf.round(transform(tf.cast(images, tf.float32))), tf.uint8)
 
 
 _POINTWISE = {
@@ -273,7 +292,7 @@ _PART_OF_OP = tuple(_PARTS.index('affine' if name in _AFFINE_OPS else name)
                     for name in RANDAUGMENT_OPS)
 
 
-def apply_ops(images, ops, args, fill=128):
+def apply_ops(images, ops, args, fill=128, interpolation='bilinear'):
   """Applies op `RANDAUGMENT_OPS[ops[i]]` with argument `args[i]` to image i.
 
   Args:
@@ -285,6 +304,7 @@ def apply_ops(images, ops, args, fill=128):
       factors (1 keeps the image), bits kept for posterize, the threshold for
       solarize (pixels >= it are inverted); ignored by the other ops.
     fill: the value of pixels that geometric ops leave uncovered.
+    interpolation: how geometric ops resample, 'bilinear' or 'nearest'.
 
   Returns:
     The images, uint8, of the same shape. Each image's result depends only
@@ -292,6 +312,7 @@ def apply_ops(images, ops, args, fill=128):
   """
   images = _check_images(images)
   _check_fill(fill)
+  _check_interpolation(interpolation)
   ops = tf.cast(ops, tf.int32)
   args = tf.cast(args, tf.float32)
   parts = tf.gather(tf.constant(_PART_OF_OP, tf.int32), ops)
@@ -304,7 +325,7 @@ def apply_ops(images, ops, args, fill=128):
   results = []
   for name, x, part_op, arg in zip(_PARTS, part_images, part_ops, part_args):
     if name == 'affine':
-      results.append(_affine(x, part_op, arg, fill))
+      results.append(_affine(x, part_op, arg, fill, interpolation))
     else:
       results.append(_POINTWISE[name](x, arg))
   out = tf.dynamic_stitch(positions, results)
@@ -357,7 +378,7 @@ def _op_args(ops, level, sign, ranges: _Ranges, height, width):
   return tf.gather(table, ops, batch_dims=1)
 
 
-def _draw_ops(images, seed, level_of, ranges: _Ranges, fill):
+def _draw_ops(images, seed, level_of, ranges: _Ranges, fill, interpolation):
   """One op per image: drawn op, sign and `level_of(level_seed, n)`."""
   op_seed, sign_seed, level_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
@@ -368,10 +389,11 @@ def _draw_ops(images, seed, level_of, ranges: _Ranges, fill):
                   1.0)
   args = _op_args(ops, level_of(level_seed, n), sign, ranges,
                   images.shape[1], images.shape[2])
-  return apply_ops(images, ops, args, fill)
+  return apply_ops(images, ops, args, fill, interpolation)
 
 
-def randaugment(images, seed, num_ops: int, magnitude: float, fill=128):
+def randaugment(images, seed, num_ops: int, magnitude: float, fill=128,
+                interpolation: str = 'bilinear'):
   """RandAugment of a batch: `num_ops` random ops per image at `magnitude`.
 
   Args:
@@ -380,6 +402,7 @@ def randaugment(images, seed, num_ops: int, magnitude: float, fill=128):
     num_ops: ops applied to each image in sequence, 1 to MAX_NUM_OPS.
     magnitude: every op's strength, 0 (none) to MAX_MAGNITUDE.
     fill: the value of pixels that geometric ops leave uncovered.
+    interpolation: how geometric ops resample, 'bilinear' or 'nearest'.
 
   Returns:
     The augmented images, uint8, of the same shape.
@@ -393,11 +416,13 @@ def randaugment(images, seed, num_ops: int, magnitude: float, fill=128):
 
   for op_seed in tf.unstack(
       tf.random.experimental.stateless_split(seed, num_ops)):
-    images = _draw_ops(images, op_seed, level_of, _RANDAUGMENT_RANGES, fill)
+    images = _draw_ops(images, op_seed, level_of, _RANDAUGMENT_RANGES, fill,
+                       interpolation)
   return images
 
 
-def trivial_augment_wide(images, seed, fill=128):
+def trivial_augment_wide(images, seed, fill=128,
+                         interpolation: str = 'bilinear'):
   """TrivialAugment-wide of a batch: one random op per image, at a random
   strength of 31 bins, with torchvision's wide ranges.
 
@@ -405,6 +430,7 @@ def trivial_augment_wide(images, seed, fill=128):
     images: (batch, height, width, channels) uint8, 1 or 3 channels.
     seed: a [2]-shaped integer seed; the result is a function of it.
     fill: the value of pixels that geometric ops leave uncovered.
+    interpolation: how geometric ops resample, 'bilinear' or 'nearest'.
 
   Returns:
     The augmented images, uint8, of the same shape.
@@ -416,4 +442,5 @@ def trivial_augment_wide(images, seed, fill=128):
     bins = tf.random.stateless_uniform([n], seed, 0, last_bin + 1, tf.int32)
     return tf.cast(bins, tf.float32) / last_bin
 
-  return _draw_ops(images, seed, level_of, _TRIVIAL_AUGMENT_WIDE_RANGES, fill)
+  return _draw_ops(images, seed, level_of, _TRIVIAL_AUGMENT_WIDE_RANGES, fill,
+                   interpolation)
