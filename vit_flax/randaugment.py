@@ -27,9 +27,10 @@ brightness, the mean luminance for contrast, the luminance for color, the
 autocontrast stretches each channel's min-max to 0-255 (identity where a
 channel is flat); equalize uses PIL's per-channel lookup table. Geometric ops
 use PIL's pixel-centre convention, resample bilinearly (as timm) or, at
-about half the cost, to the nearest pixel (torchvision's and big_vision's
-default), and put `fill` where no input pixel maps; at the edge of the
-covered area bilinear sampling blends with `fill` where PIL's cuts off.
+about half the resampling cost, to the nearest pixel (torchvision's and
+big_vision's default), and put `fill` where no input pixel maps; at the edge
+of the covered area bilinear sampling blends with `fill` where PIL's cuts
+off.
 
 Everything is a stateless whole-batch op keyed by a `[2]`-shaped seed, for
 `tf.data` maps on batches: each example's op, sign and bin are its own draws,
@@ -55,7 +56,6 @@ INTERPOLATIONS = ('bilinear', 'nearest')
 
 _OP = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
 _AFFINE_OPS = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
-_SIGNED_OPS = _AFFINE_OPS + ('color', 'contrast', 'brightness', 'sharpness')
 # PIL's RGB -> L weights, ITU-R 601-2's (0.299, 0.587, 0.114) in 16 bits.
 _LUMA_FIXED_POINT = (19595, 38470, 7471)
 
@@ -98,7 +98,7 @@ def _check_images(images) -> tf.Tensor:
   if (images.dtype != tf.uint8 or shape.rank != 4 or shape[-1] not in (1, 3)
       or None in shape[1:]):
     raise errors.UserError(
-        f'RandAugment needs a batch of uint8 images (batch, height, width, '
+        f'Augmentation needs a batch of uint8 images (batch, height, width, '
         f'channels) with 1 or 3 channels and a known height and width; got '
         f'dtype {images.dtype.name} and shape {shape}.')
   return images
@@ -234,13 +234,13 @@ def _equalize(images, unused_arg):
   return tf.gather(tf.reshape(tf.cast(tables, tf.uint8), [-1]), places)
 
 
-def _affine(images, ops, args, fill, interpolation):
-  """Rotations, shears and translations, one resampling call for all.
+def _inverse_maps(ops, args, height, width):
+  """Each image's inverse map, output -> input pixel indices, as (a0, a1,
+  a2, b0, b1, b2): x_in = a0 x + a1 y + a2, y_in = b0 x + b1 y + b2.
 
-  Each image's inverse map, output -> input point, is x_in = M x_out + t in
-  PIL's continuous coordinates (pixel centres at index + 0.5), converted to
-  the pixel indices of ImageProjectiveTransformV3."""
-  height, width = images.shape[1:3]
+  They are PIL's maps, x_in = M x_out + t in continuous coordinates (pixel
+  centres at index + 0.5): rotations keep the centre (w / 2, h / 2) in
+  place; shears and translations move from the top-left corner."""
 
   def is_op(name):
     return tf.equal(ops, _OP[name])
@@ -248,13 +248,10 @@ def _affine(images, ops, args, fill, interpolation):
   zeros, ones = tf.zeros_like(args), tf.ones_like(args)
   angle = tf.where(is_op('rotate'), args * (math.pi / 180), zeros)
   cos, sin = tf.cos(angle), tf.sin(angle)
-  shear_x = tf.where(is_op('shear_x'), args, zeros)
-  shear_y = tf.where(is_op('shear_y'), args, zeros)
-  # Rotations keep the centre (w / 2, h / 2) in place; shears and
-  # translations move from the top-left corner, as in PIL.
   m00 = tf.where(is_op('rotate'), cos, ones)
-  m01 = tf.where(is_op('rotate'), -sin, shear_x)
-  m10 = tf.where(is_op('rotate'), sin, shear_y)
+  m01 = tf.where(is_op('rotate'), -sin,
+                 tf.where(is_op('shear_x'), args, zeros))
+  m10 = tf.where(is_op('rotate'), sin, tf.where(is_op('shear_y'), args, zeros))
   m11 = m00
   cx, cy = width / 2, height / 2
   t0 = tf.where(is_op('rotate'), cx - m00 * cx - m01 * cy,
@@ -262,22 +259,35 @@ def _affine(images, ops, args, fill, interpolation):
   t1 = tf.where(is_op('rotate'), cy - m10 * cx - m11 * cy,
                 tf.where(is_op('translate_y'), args, zeros))
   # Index coordinates: x_in = M x_out + (M (0.5, 0.5) + t - 0.5).
-  t0 = t0 + 0.5 * (m00 + m01) - 0.5
-  t1 = t1 + 0.5 * (m10 + m11) - 0.5
-  transforms = tf.stack([m00, m01, t0, m10, m11, t1, zeros, zeros], axis=1)
+  return (m00, m01, t0 + 0.5 * (m00 + m01) - 0.5,
+          m10, m11, t1 + 0.5 * (m10 + m11) - 0.5)
 
-  def transform(images):
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms,
-        output_shape=tf.constant([height, width]),
-        fill_value=tf.constant(fill, tf.float32),
-        interpolation=interpolation.upper(), fill_mode='CONSTANT')
 
+# The maps' coefficients are rounded to multiples of 2^-12 (moving points by
+# at most 1e-4 pixels per pixel of distance), so that round-off in computing
+# them, which graph rewrites can change, changes neither them nor which way
+# ties of bilinear samples round (common with round arguments: a shift of
+# 4.05 px): eager and graph results agree.
+_MAP_STEP = 2.0**-12
+
+
+def _affine(images, ops, args, fill, interpolation):
+  """Rotations, shears and translations: one ImageProjectiveTransformV3
+  call for all."""
+  height, width = images.shape[1:3]
+  maps = [tf.round(m / _MAP_STEP) * _MAP_STEP
+          for m in _inverse_maps(ops, args, height, width)]
+  if interpolation == 'bilinear':  # On uint8 the op truncates.
+    images = tf.cast(images, tf.float32)
+  zeros = tf.zeros_like(args)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=images, transforms=tf.stack(maps + [zeros, zeros], axis=1),
+      output_shape=tf.constant([height, width]),
+      fill_value=tf.constant(fill, tf.float32),
+      interpolation=interpolation.upper(), fill_mode='CONSTANT')
   if interpolation == 'nearest':
-    return transform(images)
-  # Bilinear in floats, rounded: on uint8 the op truncates, and a half
-  # turn's sin(pi) of 1e-7 would take one off many pixels.
-  return tf.cast(tf.round(transform(tf.cast(images, tf.float32))), tf.uint8)
+    return out
+  return tf.cast(tf.round(out), tf.uint8)
 
 
 _POINTWISE = {
@@ -286,7 +296,7 @@ _POINTWISE = {
     'posterize': _posterize, 'contrast': _contrast,
     'brightness': _brightness, 'sharpness': _sharpness,
 }
-# The batch's parts: one per non-geometric op, and all geometric ops in one.
+# The batch's parts: one per non-geometric op, and the geometric ops in one.
 _PARTS = tuple(_POINTWISE) + ('affine',)
 _PART_OF_OP = tuple(_PARTS.index('affine' if name in _AFFINE_OPS else name)
                     for name in RANDAUGMENT_OPS)
@@ -342,7 +352,7 @@ class _Ranges:
   shear: float
   translate: float  # A fraction of the size, or pixels with `pixels`.
   enhance: float  # Factors 1 +- enhance.
-  posterize: float  # Bits removed.
+  posterize: float  # Bits removed at level 1.
   solarize: float  # The threshold at level 0, down to 0 at level 1.
   pixels: bool = False  # Translations in whole pixels, not fractions.
 
