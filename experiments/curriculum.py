@@ -10,48 +10,42 @@ and the method) and OUT.png (the curves), from these runs only:
   python -m experiments.curriculum --out=docs/curriculum --seconds=400
 
 Each schedule's step count is fitted to the budget from a short calibration
-run of that same schedule (`common.calibrate`): every image size's step time
+run of that same schedule (`budget.calibrate`): every image size's step time
 is measured on its own, so the curriculum's mixture of cheap and dear steps
 is costed as it will run.
 """
 
 import copy
 import dataclasses
-import datetime
-import os
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
-from absl import app
 import ml_collections
 
 from configs import quickstart
-from experiments import common
+from experiments import budget
+from experiments import cli
+from experiments import report
+from experiments import study
 from vit_flax import errors
-from vit_flax import host
 from vit_flax import input_pipeline
-from vit_flax import model_stats
-
 
 @dataclasses.dataclass(frozen=True)
-class Options(common.StudyOptions):
-  out: str = common.option('docs/curriculum', 'Output path without '
-                           'extension: writes OUT.md, OUT.png.')
-  workdir: str = common.option('/tmp/curriculum', "Root of the runs' "
-                               'workdirs (TensorBoard metrics); its run '
-                               'folders are replaced.')
-  sizes: Tuple[int, ...] = common.option(
+class Options(cli.StudyOptions):
+  out: str = cli.out_option('docs/curriculum')
+  workdir: str = cli.workdir_option('/tmp/curriculum')
+  sizes: Tuple[int, ...] = cli.option(
       (14, 21, 28), 'Image sizes of the curriculum, each for an equal share '
       'of the steps; multiples of the patch size (7). The last is also the '
       'size of the run without a curriculum and of every evaluation.')
-  seconds: float = common.option(
+  seconds: float = cli.option(
       400.0, "Wall-clock budget of each schedule's run (data, compilation, "
       'training and evaluations).')
-  calibration_steps: int = common.option(
+  calibration_steps: int = cli.option(
       150, 'Steps of the run that times each schedule.')
-  calibration_progress_every: int = common.option(
+  calibration_progress_every: int = cli.option(
       5, 'The calibration runs log every so many steps: a window of steps '
       'within one phase times a step at that size.')
-  train_eval_split: str = common.option(
+  train_eval_split: str = cli.option(
       'train[:10000]', 'Training examples whose accuracy, after training, is '
       'compared with the test accuracy.')
 
@@ -103,19 +97,30 @@ def format_step_times(size_step_seconds) -> str:
                    for size, seconds in size_step_seconds)
 
 
+def variants(options: Options) -> List[study.Variant]:
+  return [study.Variant(name, name, config, {'schedule': name},
+                        options.train_eval_split)
+          for name, config in schedule_configs(options).items()]
+
+
+def budgets(options: Options) -> List[budget.Budget]:
+  return [budget.same_wall_clock(options.seconds, options.calibration_steps,
+                                 options.calibration_progress_every)]
+
+
 COLUMNS = [
-    common.Column('schedule', 'Schedule'),
-    common.Column('phases', 'Image sizes'),
-    common.PARAMS,
-    common.Column('size_step_seconds', 'Step time (ms)', format_step_times),
-    common.Column('step_seconds', 'Mean step (ms)',
+    report.Column('schedule', 'Schedule'),
+    report.Column('phases', 'Image sizes'),
+    report.PARAMS,
+    report.Column('size_step_seconds', 'Step time (ms)', format_step_times),
+    report.Column('step_seconds', 'Mean step (ms)',
                   lambda x: f'{1e3 * x:.0f}'),
-    common.STEPS,
-    common.EPOCHS,
-    common.WALL,
-    common.TEST_ACCURACY,
-    common.TRAIN_ACCURACY,
-    common.TEST_LOSS,
+    report.STEPS,
+    report.EPOCHS,
+    report.WALL,
+    report.TEST_ACCURACY,
+    report.TRAIN_ACCURACY,
+    report.TEST_LOSS,
 ]
 
 
@@ -123,30 +128,30 @@ def panels(options, runs):
   def curves(tag, x):
     return [(name, *run.curve(tag, x)) for name, run in runs.items()]
 
-  budget = (('budget', options.seconds),)
-  seconds = 'wall-clock seconds since the start'
+  marks = (('budget', options.seconds),)
+  seconds = report.X_LABELS['seconds']
   return [
-      common.Panel('test accuracy', seconds, 'test accuracy',
-                   curves('eval_accuracy', 'seconds'), budget),
-      common.Panel('training loss', seconds, 'training objective (batch '
-                   'mean)', curves('loss', 'seconds'), budget),
-      common.Panel('training image size', seconds, 'pixels',
-                   curves('image_size', 'seconds'), budget),
-      common.Panel('test accuracy by step', 'step', 'test accuracy',
+      report.Panel('test accuracy', seconds, 'test accuracy',
+                   curves('eval_accuracy', 'seconds'), marks),
+      report.Panel('training loss', seconds, 'training objective (batch '
+                   'mean)', curves('loss', 'seconds'), marks),
+      report.Panel('training image size', seconds, 'pixels',
+                   curves('image_size', 'seconds'), marks),
+      report.Panel('test accuracy by step', 'step', 'test accuracy',
                    curves('eval_accuracy', 'step')),
   ]
 
 
-def write_report(options, rows, runs, machine, started):
-  out_md, out_png = options.out + '.md', options.out + '.png'
-  common.plot_panels(panels(options, runs), out_png, ncols=2)
+def write_report(options: Options, results: study.StudyResults):
+  runs = results.runs_at()
+  # The phases each schedule ran, once fitted to the budget.
+  rows = [dict(result.row, phases=describe_phases(result.run.config))
+          for result in results.results]
   first = next(iter(runs.values())).config
-  command = common.options_command('experiments.curriculum', options)
   sizes = options.sizes
   grids = ', '.join(f'{s // first.model.patches.size[0]}' for s in sizes)
-  lines = common.report_header(
-      'Resolution curriculum on vs off, same wall clock, Fashion-MNIST',
-      command, started, machine) + [
+  lines = results.header(
+      'Resolution curriculum on vs off, same wall clock, Fashion-MNIST') + [
       '',
       f'The ViT of configs/quickstart.py '
       f'({first.model.transformer.num_layers} blocks of width '
@@ -158,9 +163,8 @@ def write_report(options, rows, runs, machine, started):
       f'in the model). Both are tested at {sizes[-1]} px on the whole test '
       'split. Same data, optimiser, batch and schedule shape.',
       '',
-      common.markdown_table(rows, COLUMNS),
-  ] + [line for row in rows for line in common.over_budget_note(
-      row['schedule'], row['wall'], options.seconds)] + [
+      report.markdown_table(rows, COLUMNS),
+      *report.over_budget_notes(rows),
       '- How each run is fitted to the budget: a calibration run trains '
       f'the same schedule shrunk to {options.calibration_steps} steps (so '
       'each image size gets the same share of the steps as in the real '
@@ -186,38 +190,13 @@ def write_report(options, rows, runs, machine, started):
       '- Wall time: the whole run, from data set-up to the last evaluation; '
       'the calibration runs are not counted.',
   ]
-  common.write_report(out_md, out_png, lines)
+  report.write_report(options.out, lines, panels(options, runs), ncols=2)
 
 
-def run_study(options: Options):
-  started = datetime.datetime.now()
-  machine = host.describe_machine()
-  configs = schedule_configs(options)
-  first = next(iter(configs.values()))
-  params = model_stats.config_params(first, common.num_classes_of(first))
-  train_examples = common.num_train_examples(first)
-  rows, runs = [], {}
-  for name, config in configs.items():
-    config, timing = common.fit_to_seconds(
-        name, config, os.path.join(options.workdir, f'calibrate_{name}'),
-        options.seconds, options.num_evals, options.calibration_steps,
-        options.calibration_progress_every)
-    row, run = common.train_and_measure(
-        name, config, os.path.join(options.workdir, name), train_examples,
-        options.train_eval_split)
-    row.update(schedule=name, phases=describe_phases(config), params=params,
-               size_step_seconds=timing.size_step_seconds,
-               step_seconds=timing.step_seconds)
-    rows.append(row)
-    runs[name] = run
-  write_report(options, rows, runs, machine, started)
-
-
-def main(argv):
-  common.run_command(
-      lambda: run_study(common.options_from_flags(Options)), argv)
+# One model in both schedules, and no FLOPs: they change with the image size.
+STUDY = study.Study('experiments.curriculum', Options, variants, budgets,
+                    write_report, measures=('params',))
 
 
 if __name__ == '__main__':
-  common.define_flags(Options)
-  app.run(main)
+  STUDY.run_as_command()

@@ -1,41 +1,36 @@
 r"""Locality in the ViT's MLP on vs off, on Fashion-MNIST, at one step budget.
 
 Trains the ViT of configs/quickstart.py twice for the same steps, with
-`model.locality=False` and `True` (the config's own setting), a 3x3 depthwise conv over the patch grid
-between the two dense layers of every MLP block (arXiv 2211.05187; the
-class token passes by it). Writes OUT.md (a table of the measured numbers)
-and OUT.png (the curves), from these runs only:
+`model.locality=False` and `True` (the config's own setting): a 3x3
+depthwise conv over the patch grid between the two dense layers of every
+MLP block (arXiv 2211.05187; a class token passes by it). Writes OUT.md (a
+table of the measured numbers) and OUT.png (the curves), from these runs only:
 
   python -m experiments.locality --out=docs/locality --steps=2500
 """
 
 import dataclasses
-import datetime
-import os
-from typing import Dict
+from typing import Dict, List
 
-from absl import app
 import ml_collections
 
 from configs import quickstart
-from experiments import common
-from vit_flax import host
-from vit_flax import model_stats
+from experiments import budget
+from experiments import cli
+from experiments import report
+from experiments import study
 
 SETTINGS = {'off': False, 'on': True}  # Table name -> model.locality.
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(common.StudyOptions):
-  out: str = common.option('docs/locality', 'Output path without extension: '
-                           'writes OUT.md, OUT.png.')
-  workdir: str = common.option('/tmp/locality', "Root of the runs' workdirs "
-                               '(TensorBoard metrics); its run folders are '
-                               'replaced.')
-  steps: int = common.option(2500, 'Steps of both runs.')
-  train_split: str = common.option(
+class Options(cli.StudyOptions):
+  out: str = cli.out_option('docs/locality')
+  workdir: str = cli.workdir_option('/tmp/locality')
+  steps: int = cli.option(2500, 'Steps of both runs.')
+  train_split: str = cli.option(
       'train', "Training data, TFDS slicing allowed (e.g. 'train[:10%]').")
-  train_eval_split: str = common.option(
+  train_eval_split: str = cli.option(
       'train[:10000]', 'Training examples whose accuracy, after training, is '
       'compared with the test accuracy.')
 
@@ -45,51 +40,56 @@ def study_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:
   base = options.with_data(quickstart.get_config())
   configs = {}
   for name, locality in SETTINGS.items():
-    config = common.with_total_steps(base, options.steps, options.num_evals)
+    config = budget.with_total_steps(base, options.steps, options.num_evals)
     config.pp.train = options.train_split
     config.model.locality = locality
     configs[name] = config
   return configs
 
 
+def variants(options: Options) -> List[study.Variant]:
+  return [study.Variant(name, f'locality {name}', config, {'setting': name},
+                        options.train_eval_split)
+          for name, config in study_configs(options).items()]
+
+
+def budgets(options: Options) -> List[budget.Budget]:
+  return [budget.same_steps(options.steps)]
+
+
 COLUMNS = [
-    common.Column('setting', 'Locality'),
-    common.PARAMS,
-    common.FLOPS,
-    common.IMG_PER_SEC,
-    common.STEPS,
-    common.EPOCHS,
-    common.WALL,
-    common.TEST_ACCURACY,
-    common.TRAIN_ACCURACY,
-    common.TEST_LOSS,
-    common.TRAIN_LOSS,
+    report.Column('setting', 'Locality'),
+    report.PARAMS,
+    report.FLOPS,
+    report.IMG_PER_SEC,
+    report.STEPS,
+    report.EPOCHS,
+    report.WALL,
+    report.TEST_ACCURACY,
+    report.TRAIN_ACCURACY,
+    report.TEST_LOSS,
+    report.TRAIN_LOSS,
 ]
 
 
 def panels(runs):
   def curves(tag, x='step'):
-    return [(f'locality {name}', *run.curve(tag, x))
-            for name, run in runs.items()]
+    return [(name, *run.curve(tag, x)) for name, run in runs.items()]
 
   return [
-      common.Panel('test accuracy', 'step', 'test accuracy',
+      report.Panel('test accuracy', 'step', 'test accuracy',
                    curves('eval_accuracy')),
-      common.Panel('test accuracy against time', 'wall-clock seconds since '
-                   'the start', 'test accuracy',
-                   curves('eval_accuracy', 'seconds')),
-      common.Panel('training loss', 'step', 'training objective (batch mean)',
+      report.Panel('test accuracy against time', report.X_LABELS['seconds'],
+                   'test accuracy', curves('eval_accuracy', 'seconds')),
+      report.Panel('training loss', 'step', 'training objective (batch mean)',
                    curves('loss')),
   ]
 
 
-def write_report(options, rows, runs, machine, started):
-  out_md, out_png = options.out + '.md', options.out + '.png'
-  common.plot_panels(panels(runs), out_png)
+def write_report(options: Options, results: study.StudyResults):
+  runs = results.runs_at()
   first = next(iter(runs.values())).config
-  command = common.options_command('experiments.locality', options)
-  lines = common.report_header('Locality in the ViT MLP on Fashion-MNIST',
-                               command, started, machine) + [
+  lines = results.header('Locality in the ViT MLP on Fashion-MNIST') + [
       '',
       f'The ViT of configs/quickstart.py ({first.model.transformer.num_layers}'
       f' blocks of width {first.model.hidden_size}, '
@@ -98,7 +98,7 @@ def write_report(options, rows, runs, machine, started):
       'grid between the two dense layers of every MLP block. Same data, '
       'optimiser, batch, schedule and step count.',
       '',
-      common.markdown_table(rows, COLUMNS),
+      report.markdown_table(results.rows, COLUMNS),
       f'- Both runs train {options.steps} steps of batch {first.batch} on '
       f'`{options.train_split}` ({first.optimizer}, peak learning rate '
       f'{first.base_lr}, {first.warmup_steps}-step warm-up, then '
@@ -106,34 +106,14 @@ def write_report(options, rows, runs, machine, started):
       'split.',
       f'- Train acc. / loss: `{options.train_eval_split}` evaluated after '
       'training exactly as the test set is (no label smoothing).',
-      *common.cost_notes(first.pp.crop),
+      *report.cost_notes(first.pp.crop),
   ]
-  common.write_report(out_md, out_png, lines)
+  report.write_report(options.out, lines, panels(runs))
 
 
-def run_study(options: Options):
-  started = datetime.datetime.now()
-  machine = host.describe_machine()
-  rows, runs = [], {}
-  for name, config in study_configs(options).items():
-    num_classes = common.num_classes_of(config)
-    row, run = common.train_and_measure(
-        f'locality {name}', config,
-        os.path.join(options.workdir, f'locality_{name}'),
-        common.num_train_examples(config), options.train_eval_split)
-    row.update(setting=name,
-               params=model_stats.config_params(config, num_classes),
-               flops=model_stats.config_flops(config, num_classes))
-    rows.append(row)
-    runs[name] = run
-  write_report(options, rows, runs, machine, started)
-
-
-def main(argv):
-  common.run_command(
-      lambda: run_study(common.options_from_flags(Options)), argv)
+STUDY = study.Study('experiments.locality', Options, variants, budgets,
+                    write_report)
 
 
 if __name__ == '__main__':
-  common.define_flags(Options)
-  app.run(main)
+  STUDY.run_as_command()

@@ -11,46 +11,51 @@ whole test split. Writes OUT.md (a table of the measured numbers) and OUT.png
 """
 
 import dataclasses
-import datetime
-import os
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
-from absl import app
 import ml_collections
 
 from configs import quickstart
 from configs import resnet8_quickstart
-from experiments import common
+from experiments import budget
+from experiments import cli
+from experiments import report
+from experiments import study
 from vit_flax import errors
-from vit_flax import host
-from vit_flax import model_stats
 
+
+def describe_vit(config: ml_collections.ConfigDict) -> str:
+  model, size = config.model, config.pp.crop
+  patch = model.patches.size[0]
+  return (f'configs/quickstart.py: {model.transformer.num_layers} blocks of '
+          f'width {model.hidden_size}, {patch}x{patch} patches (a '
+          f'{size // patch}x{size // patch} grid)')
+
+
+def describe_resnet(config: ml_collections.ConfigDict) -> str:
+  del config  # Its description holds for the config file as it is.
+  return ('configs/resnet8_quickstart.py: BiT units at half width (32, 64, '
+          '128 channels at 7, 4, 2 px) after the ImageNet stem')
+
+
+# Name -> (table name, config, description of a config).
 MODELS = {
-    'vit': ('ViT', quickstart.get_config,
-            'configs/quickstart.py: 4 blocks of width 64, 7x7 patches '
-            '(a 4x4 grid)'),
-    'resnet': ('ResNet-8', resnet8_quickstart.get_config,
-               'configs/resnet8_quickstart.py: BiT units at half width '
-               '(32, 64, 128 channels at 7, 4, 2 px) after the ImageNet '
-               'stem'),
+    'vit': ('ViT', quickstart.get_config, describe_vit),
+    'resnet': ('ResNet-8', resnet8_quickstart.get_config, describe_resnet),
 }
 
 
 @dataclasses.dataclass(frozen=True)
-class Options(common.StudyOptions):
-  out: str = common.option('docs/vit_vs_resnet',
-                           'Output path without extension: writes OUT.md, '
-                           'OUT.png.')
-  workdir: str = common.option('/tmp/vit_vs_resnet',
-                               "Root of the runs' workdirs (TensorBoard "
-                               'metrics); its run folders are replaced.')
-  models: Tuple[str, ...] = common.option(
+class Options(cli.StudyOptions):
+  out: str = cli.out_option('docs/vit_vs_resnet')
+  workdir: str = cli.workdir_option('/tmp/vit_vs_resnet')
+  models: Tuple[str, ...] = cli.option(
       ('vit', 'resnet'), f'Models to compare, from: {", ".join(MODELS)}.')
-  percents: Tuple[int, ...] = common.option(
+  percents: Tuple[int, ...] = cli.option(
       (10, 30, 100), 'Training subsets: the first so many percent of the '
       'training set.')
-  steps: int = common.option(600, 'Steps of every run, whatever its subset.')
-  train_eval_percent: int = common.option(
+  steps: int = cli.option(600, 'Steps of every run, whatever its subset.')
+  train_eval_percent: int = cli.option(
       10, 'Train accuracy is measured on the first min(this, subset) '
       'percent of the training set: examples every run trained on.')
 
@@ -77,26 +82,39 @@ def study_configs(options: Options
   for model in options.models:
     base = options.with_data(MODELS[model][1]())
     for percent in options.percents:
-      config = common.with_total_steps(base, options.steps,
+      config = budget.with_total_steps(base, options.steps,
                                        options.num_evals)
       config.pp.train = subset_split(percent)
       configs[model, percent] = config
   return configs
 
 
+def variants(options: Options) -> List[study.Variant]:
+  """A run per (model, subset); train accuracy on data all of them saw."""
+  return [study.Variant(
+      f'{model}_{percent}', f'{MODELS[model][0]} {percent}%', config,
+      {'model': MODELS[model][0], 'percent': percent},
+      subset_split(min(percent, options.train_eval_percent)))
+          for (model, percent), config in study_configs(options).items()]
+
+
+def budgets(options: Options) -> List[budget.Budget]:
+  return [budget.same_steps(options.steps)]
+
+
 COLUMNS = [
-    common.Column('model', 'Model'),
-    common.Column('percent', 'Train data', lambda x: f'{x}%'),
-    common.Column('train_examples', 'Examples', str),
-    common.PARAMS,
-    common.FLOPS,
-    common.IMG_PER_SEC,
-    common.STEPS,
-    common.EPOCHS,
-    common.WALL,
-    common.TEST_ACCURACY,
-    common.TRAIN_ACCURACY,
-    common.TEST_LOSS,
+    report.Column('model', 'Model'),
+    report.Column('percent', 'Train data', lambda x: f'{x}%'),
+    report.Column('train_examples', 'Examples', str),
+    report.PARAMS,
+    report.FLOPS,
+    report.IMG_PER_SEC,
+    report.STEPS,
+    report.EPOCHS,
+    report.WALL,
+    report.TEST_ACCURACY,
+    report.TRAIN_ACCURACY,
+    report.TEST_LOSS,
 ]
 
 
@@ -106,43 +124,42 @@ def panels(options, rows, runs):
   for row in rows:
     by_model.setdefault(row['model'], []).append(row)
 
-  def against_subset(value):
+  def against_subset(key):
     return [(name, [r['percent'] for r in model_rows],
-             [value(r) for r in model_rows])
+             [r[key] for r in model_rows])
             for name, model_rows in by_model.items()]
 
   def curves(tag):
     return [(name, *run.curve(tag)) for name, run in runs.items()]
 
   return [
-      common.Panel(f'test accuracy after {options.steps} steps',
+      report.Panel(f'test accuracy after {options.steps} steps',
                    'training data (%)', 'test accuracy',
-                   against_subset(lambda r: r['test_accuracy'])),
-      common.Panel('overfitting', 'training data (%)',
+                   against_subset('test_accuracy')),
+      report.Panel('overfitting', 'training data (%)',
                    'train minus test accuracy',
-                   against_subset(
-                       lambda r: r['train_accuracy'] - r['test_accuracy'])),
-      common.Panel('test accuracy', 'step', 'test accuracy',
+                   against_subset('accuracy_gap')),
+      report.Panel('test accuracy', 'step', 'test accuracy',
                    curves('eval_accuracy')),
-      common.Panel('training loss', 'step', 'training objective (batch mean)',
+      report.Panel('training loss', 'step', 'training objective (batch mean)',
                    curves('loss')),
   ]
 
 
-def write_report(options, rows, runs, machine, started):
-  out_md, out_png = options.out + '.md', options.out + '.png'
-  common.plot_panels(panels(options, rows, runs), out_png, ncols=2)
+def write_report(options: Options, results: study.StudyResults):
+  runs = results.runs_at()
   first = next(iter(runs.values())).config
-  command = common.options_command('experiments.vit_vs_resnet', options)
-  lines = common.report_header('ViT vs ResNet on subsets of Fashion-MNIST',
-                               command, started, machine) + [
+  descriptions = [f'- {name}, {describe(get_config())}'
+                  for name, get_config, describe in (MODELS[m]
+                                                     for m in options.models)]
+  lines = results.header('ViT vs ResNet on subsets of Fashion-MNIST') + [
       '',
       'Models (same data, optimiser, batch, schedule and step count; only '
       'the model and the training subset differ):',
       '',
-  ] + [f'- {MODELS[m][0]}, {MODELS[m][2]}' for m in options.models] + [
+      *descriptions,
       '',
-      common.markdown_table(rows, COLUMNS),
+      report.markdown_table(results.rows, COLUMNS),
       f'- Every run trains {options.steps} steps of batch {first.batch} '
       f'({first.optimizer}, peak learning rate {first.base_lr}, '
       f'{first.warmup_steps}-step warm-up, then {first.decay_type}), so '
@@ -153,41 +170,15 @@ def write_report(options, rows, runs, machine, started):
       f'{options.train_eval_percent}%) of the training set, which every run '
       'trained on, evaluated after training exactly as the test set is (no '
       'label smoothing): the gap to the test accuracy shows overfitting.',
-      *common.cost_notes(first.pp.crop),
+      *report.cost_notes(first.pp.crop),
   ]
-  common.write_report(out_md, out_png, lines)
+  report.write_report(options.out, lines,
+                      panels(options, results.rows, runs), ncols=2)
 
 
-def run_study(options: Options):
-  started = datetime.datetime.now()
-  machine = host.describe_machine()
-  configs = study_configs(options)
-  measures = {}
-  for model in options.models:
-    config = options.with_data(MODELS[model][1]())
-    num_classes = common.num_classes_of(config)
-    measures[model] = {'params': model_stats.config_params(config, num_classes),
-                       'flops': model_stats.config_flops(config, num_classes)}
-  rows, runs = [], {}
-  for (model, percent), config in configs.items():
-    name = f'{MODELS[model][0]} {percent}%'
-    train_examples = common.num_train_examples(config)
-    row, run = common.train_and_measure(
-        name, config, os.path.join(options.workdir, f'{model}_{percent}'),
-        train_examples,
-        subset_split(min(percent, options.train_eval_percent)))
-    row.update(measures[model], model=MODELS[model][0], percent=percent,
-               train_examples=train_examples)
-    rows.append(row)
-    runs[name] = run
-  write_report(options, rows, runs, machine, started)
-
-
-def main(argv):
-  common.run_command(
-      lambda: run_study(common.options_from_flags(Options)), argv)
+STUDY = study.Study('experiments.vit_vs_resnet', Options, variants, budgets,
+                    write_report)
 
 
 if __name__ == '__main__':
-  common.define_flags(Options)
-  app.run(main)
+  STUDY.run_as_command()

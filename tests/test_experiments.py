@@ -1,6 +1,7 @@
 """Tests of the experiment commands: timing, budgets, configs and reports."""
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -14,10 +15,14 @@ import pytest
 from configs import common as common_config
 from configs import quickstart
 from configs import resnet8_quickstart
-from experiments import common
+from experiments import budget
+from experiments import cli
 from experiments import curriculum
 from experiments import locality
 from experiments import patch_size
+from experiments import report
+from experiments import runs
+from experiments import staged_vs_tower
 from experiments import vit_vs_resnet
 from helpers import tiny_model_config
 from helpers import write_fashion_mnist
@@ -36,20 +41,24 @@ def data_dir(tmp_path_factory):
   return directory
 
 
-@pytest.mark.parametrize('study', ['locality', 'staged_vs_tower'])
-def test_study_commands_start(study):
+# Every study starts through `study.Study.run_as_command`; two stand for all.
+@pytest.mark.parametrize('name,own_flag', [('locality', '--train_split'),
+                                           ('staged_vs_tower', '--models')])
+def test_study_commands_start(name, own_flag):
   # Their flags must not clash with those of the modules they import.
   result = subprocess.run(
-      [sys.executable, '-m', f'experiments.{study}', '--help'],
+      [sys.executable, '-m', f'experiments.{name}', '--help'],
       capture_output=True, text=True, timeout=120,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # absl's --help exits with 1 after printing the flags.
   assert 'Error' not in result.stderr, result.stderr[-2000:]
-  assert '--steps' in result.stdout
+  # --help lists the flags of the study, shared ones included.
+  for flag in ('--steps', own_flag, '--workdir', '--num_evals'):
+    assert flag in result.stdout, result.stdout[-2000:]
 
 
 def points(steps_and_times, value=0.0):
-  return [common.Scalar(step, time, value) for step, time in steps_and_times]
+  return [runs.Scalar(step, time, value) for step, time in steps_and_times]
 
 
 def test_steady_step_seconds_times_steps_inside_phases():
@@ -65,8 +74,8 @@ def test_steady_step_seconds_times_steps_inside_phases():
     now += (0.2 if size[step] == 14 else 0.4) * 5 + extra.get(step, 0.0)
     times[step] = now
   loss = points([(s, times[s]) for s in steps])
-  image_size = [common.Scalar(s, times[s], size[s]) for s in steps]
-  timed = common.steady_step_seconds(loss, image_size)
+  image_size = [runs.Scalar(s, times[s], size[s]) for s in steps]
+  timed = budget.steady_step_seconds(loss, image_size)
   assert timed.keys() == {14, 21}
   assert timed[14] == pytest.approx(0.2)
   assert timed[21] == pytest.approx(0.4)
@@ -94,7 +103,7 @@ def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
 def test_calibrate_times_every_curriculum_size(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.pp.curriculum = ((0, 14), (50, 28))
-  timing = common.calibrate('tiny', config, str(tmp_path), steps=30,
+  timing = budget.calibrate('tiny', config, str(tmp_path), steps=30,
                             progress_every=3)
   times = dict(timing.size_step_seconds)
   assert times.keys() == {14, 28}
@@ -116,42 +125,47 @@ def fake_run_training(name, config, workdir):
   logged = range(config.progress_every, config.total_steps + 1,
                  config.progress_every)
   end = float(config.total_steps)
-  scalars = {'loss': [common.Scalar(s, float(s), 1.0) for s in logged],
-             'image_size': [common.Scalar(s, float(s), size_at[s])
+  accuracy = 1 - 1 / (config.total_steps + 1)  # More steps, more accuracy.
+  scalars = {'loss': [runs.Scalar(s, float(s), 1.0) for s in logged],
+             'image_size': [runs.Scalar(s, float(s), size_at[s])
                             for s in logged],
-             'eval_loss': [common.Scalar(config.total_steps, end + 1, 1.0)]}
-  return common.Run(name, config, workdir, start_time=0.0,
-                    wall_seconds=end + 2, scalars=scalars, params=None)
+             'img_per_sec_per_device': [runs.Scalar(s, float(s), config.batch)
+                                        for s in logged],
+             'eval_loss': [runs.Scalar(config.total_steps, end + 1, 1.0)],
+             'eval_accuracy': [runs.Scalar(config.total_steps, end + 1,
+                                           accuracy)]}
+  return runs.Run(name, config, workdir, start_time=0.0,
+                  wall_seconds=end + 2, scalars=scalars, params=None)
 
 
 def test_calibrate_refuses_what_it_cannot_time(data_dir, monkeypatch):
-  monkeypatch.setattr(common, 'run_training', fake_run_training)
+  monkeypatch.setattr(runs, 'run_training', fake_run_training)
   config = tiny_config(data_dir)
   config.pp.curriculum = ((0, 14), (50, 28))
-  timing = common.calibrate('tiny', config, '/unused', steps=18,
+  timing = budget.calibrate('tiny', config, '/unused', steps=18,
                             progress_every=3)
   assert timing.size_step_seconds == ((14, 1.0), (28, 1.0))
   config.pp.curriculum_unit = 'epochs'
   with pytest.raises(errors.ConfigError, match='steps'):
-    common.calibrate('tiny', config, '/unused', steps=12)
+    budget.calibrate('tiny', config, '/unused', steps=12)
   # Shrunk to 12 steps, the 14 px phase is 1 step long: between two of
   # the writes every 3 steps, it is never timed.
   config.pp.curriculum_unit = 'steps'
   config.pp.curriculum = ((0, 14), (10, 28))
   with pytest.raises(errors.UserError, match=r'\[14\] px'):
-    common.calibrate('tiny', config, '/unused', steps=12, progress_every=3)
+    budget.calibrate('tiny', config, '/unused', steps=12, progress_every=3)
 
 
 def test_with_total_steps_scales_the_schedule():
   config = quickstart.get_config()
-  config = common.with_total_steps(config, 400, num_evals=4)
+  config = budget.with_total_steps(config, 400, num_evals=4)
   assert (config.total_steps, config.warmup_steps) == (400, 20)
   assert config.eval_every == 100
   assert config.checkpoint_every == 0 and not config.eval_figures
 
 
 def fake_timing(step_ms_by_size, overhead=12.0, eval_seconds=2.0):
-  return common.Timing(
+  return budget.Timing(
       step_seconds=float(np.mean(list(step_ms_by_size.values()))) / 1e3,
       overhead_seconds=overhead, eval_seconds=eval_seconds,
       size_step_seconds=tuple((s, ms / 1e3)
@@ -170,12 +184,12 @@ def test_both_schedules_are_fitted_to_the_budget_alike(monkeypatch):
     calls.append((name, steps, progress_every))
     return timings[name]
 
-  monkeypatch.setattr(common, 'calibrate', calibrate)
+  monkeypatch.setattr(budget, 'calibrate', calibrate)
+  [wall_clock] = curriculum.budgets(options)
   fitted = {}
   for name, config in configs.items():
-    fitted[name], timing = common.fit_to_seconds(
-        name, config, '/unused', options.seconds, options.num_evals,
-        options.calibration_steps, options.calibration_progress_every)
+    fitted[name], timing = wall_clock.fit(name, config, '/unused',
+                                          options.num_evals)
     spent = (timing.overhead_seconds + options.num_evals *
              timing.eval_seconds + fitted[name].total_steps *
              timing.step_seconds)
@@ -226,7 +240,7 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
     assert (config.total_steps, config.batch) == (50, 256)
     assert config.get('model_type', 'vit') == model
     expected = round(NUM_TRAIN * percent / 100)
-    assert common.num_train_examples(config) == expected
+    assert runs.num_train_examples(config) == expected
     np.testing.assert_array_equal(split_labels(config, config.pp.train),
                                   whole[:expected])
   for percent in (0, 101):
@@ -271,25 +285,70 @@ def test_patch_runs_differ_only_in_patch_size():
   with pytest.raises(errors.ConfigError, match='does not divide'):
     patch_size.study_configs(patch_size.Options(patches=(5,)))
   with pytest.raises(errors.UserError, match='nothing to run'):
-    patch_size.study_configs(patch_size.Options(steps=0, seconds=0))
+    patch_size.budgets(patch_size.Options(steps=0, seconds=0))
 
 
 def test_options_round_trip_through_flags():
   flag_values = flags.FlagValues()
-  common.define_flags(curriculum.Options, flag_values)
+  cli.define_flags(curriculum.Options, flag_values)
   flag_values(['curriculum', '--sizes=28,42,56', '--seconds=12.5',
                '--num_evals=2'])
-  options = common.options_from_flags(curriculum.Options, flag_values)
+  options = cli.options_from_flags(curriculum.Options, flag_values)
   assert options == dataclasses.replace(
       curriculum.Options(), sizes=(28, 42, 56), seconds=12.5, num_evals=2)
-  command = common.options_command('experiments.curriculum', options)
+  command = cli.options_command('experiments.curriculum', options)
   assert command.startswith('python -m experiments.curriculum --out=')
   assert '--sizes=28,42,56 --seconds=12.5' in command
   assert command.endswith('--num_evals=2')  # Shared flags last.
   assert '--fashion_mnist_dir' not in command  # None: the default.
   flag_values['sizes'].parse('28,big')
   with pytest.raises(errors.ConfigError, match='--sizes=28,big'):
-    common.options_from_flags(curriculum.Options, flag_values)
+    cli.options_from_flags(curriculum.Options, flag_values)
+
+
+def test_budgets_label_their_runs_and_fit_steps():
+  steps, seconds = budget.budgets_of(100, 30.0, calibration_steps=20)
+  assert (steps.label, steps.x) == ('same steps (100)', 'step')
+  assert (seconds.label, seconds.x) == ('same wall clock (30 s)', 'seconds')
+  assert seconds.calibration_steps == 20
+  assert budget.budgets_of(0, 30.0, 20) == [seconds]
+  assert budget.budgets_of(100, 0, 20) == [steps]
+  config, timing = steps.fit('quickstart', quickstart.get_config(), '/unused',
+                             num_evals=2)
+  assert (config.total_steps, config.eval_every, timing) == (100, 50, None)
+  with pytest.raises(errors.ConfigError, match='--seconds=0'):
+    budget.same_wall_clock(0, calibration_steps=20)
+  with pytest.raises(errors.ConfigError, match='--steps=-5'):
+    budget.same_steps(-5)
+
+
+def test_over_budget_notes_name_only_runs_that_overran():
+  rows = [dict(label='a', wall=120.0, budget_seconds=100.0),
+          dict(label='b', wall=109.0, budget_seconds=100.0),  # Within 10%.
+          dict(label='c', wall=500.0)]  # A step budget: none to overrun.
+  notes = report.over_budget_notes(rows)
+  assert len(notes) == 1
+  assert notes[0].startswith('- **a took 120 s of its 100 s budget**')
+
+
+def test_budget_panels_draw_runs_on_the_axis_of_their_budget():
+  config = budget.with_total_steps(quickstart.get_config(), 20)
+  # Began 10 s before its first step: seconds are steps + 10.
+  run = dataclasses.replace(fake_run_training('r', config, '/unused'),
+                            start_time=-10.0)
+  steps = np.arange(1, 21)
+  for kind, xlabel, xs, vlines in (
+      (budget.same_steps(20), 'step', steps, ()),
+      (budget.same_wall_clock(30.0, 10), 'wall-clock seconds since the start',
+       steps + 10, (('budget', 30.0),))):
+    panels = report.budget_panels(kind, {'r': run})
+    assert [p.title for p in panels] == [f'{kind.label}: test accuracy',
+                                         f'{kind.label}: training loss']
+    for panel in panels:
+      assert (panel.xlabel, tuple(panel.vlines)) == (xlabel, vlines)
+    [(label, loss_xs, _)] = panels[1].lines
+    assert label == 'r'
+    np.testing.assert_array_equal(loss_xs, xs)
 
 
 def table_rows(markdown):
@@ -306,21 +365,101 @@ def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
       out=str(tmp_path / 'docs' / 'locality'),
       workdir=str(tmp_path / 'runs'), steps=3, num_evals=1,
       train_eval_split='train[:50%]', fashion_mnist_dir=data_dir)
-  locality.run_study(options)
+  locality.STUDY.run(options)
   markdown = (tmp_path / 'docs' / 'locality.md').read_text()
   assert os.path.getsize(tmp_path / 'docs' / 'locality.png') > 0
-  assert common.options_command('experiments.locality', options) in markdown
+  assert cli.options_command('experiments.locality', options) in markdown
   rows = table_rows(markdown)
   assert [row['Locality'] for row in rows] == ['off', 'on']
   for row, (name, config) in zip(rows,
                                  locality.study_configs(options).items()):
-    scalars = common.read_scalars(os.path.join(options.workdir,
-                                               f'locality_{name}'))
-    assert row['Test acc.'] == common.format_percent(
+    scalars = runs.read_scalars(os.path.join(options.workdir,
+                                             f'steps_{name}'))
+    assert row['Test acc.'] == report.format_percent(
         scalars['eval_accuracy'][-1].value)
     assert row['Test loss'] == f'{scalars["eval_loss"][-1].value:.4f}'
     assert row['Steps'] == str(scalars['loss'][-1].step) == '3'
     assert row['Epochs'] == f'{3 * 256 / NUM_TRAIN:.1f}'
-    assert row['Params'] == common.format_count(
+    assert row['Params'] == report.format_count(
         model_stats.config_params(config, 10))
     assert float(row['Wall time (s)']) > 0
+
+
+def model_of(config):
+  return json.dumps([config.get('model_type', 'vit'), config.model.to_dict(),
+                     config.pp.crop], sort_keys=True, default=str)
+
+
+# Each study, with options for a few fake steps at every budget it compares.
+FAKE_STUDIES = {
+    'curriculum': (curriculum, dict(seconds=60.0, calibration_steps=30,
+                                    calibration_progress_every=3)),
+    'locality': (locality, dict(steps=20)),
+    'patch_size': (patch_size, dict(steps=20, seconds=60.0,
+                                    calibration_steps=20)),
+    'staged_vs_tower': (staged_vs_tower, dict(
+        steps=20, seconds=60.0, calibration_steps=20,
+        models=('tower', 'staged_pool'))),
+    'vit_vs_resnet': (vit_vs_resnet, dict(steps=20, percents=(10, 100))),
+}
+
+
+@pytest.mark.parametrize('name', sorted(FAKE_STUDIES))
+def test_every_study_follows_the_skeleton(name, data_dir, tmp_path,
+                                          monkeypatch):
+  module, study_options = FAKE_STUDIES[name]
+  monkeypatch.setattr(runs, 'run_training', fake_run_training)
+  monkeypatch.setattr(runs, 'evaluate_split', lambda *_: dict(
+      eval_accuracy=0.75, eval_loss=0.5))
+  measured = []
+
+  def fake_measure(kind):
+    def measure(config, num_classes):
+      assert num_classes == 10
+      measured.append((kind, model_of(config)))
+      return 1000.0 * len(measured)
+    return measure
+
+  monkeypatch.setattr(model_stats, 'config_params', fake_measure('params'))
+  monkeypatch.setattr(model_stats, 'config_flops', fake_measure('flops'))
+  options = module.Options(out=str(tmp_path / 'report'),
+                           workdir=str(tmp_path / 'runs'),
+                           fashion_mnist_dir=data_dir, **study_options)
+  variants, budgets = module.variants(options), module.budgets(options)
+  results = module.STUDY.run(options)
+
+  # Every variant at every budget, by budget, each in its own workdir.
+  assert [(r.budget, r.variant.key) for r in results.results] == [
+      (b, v.key) for b in budgets for v in variants]
+  for result in results.results:
+    row, run = result.row, result.run
+    assert run.workdir == os.path.join(
+        options.workdir, f'{result.budget.kind}_{result.variant.key}')
+    assert (row['label'], row['budget']) == (result.variant.label,
+                                             result.budget.label)
+    assert row.items() >= result.variant.cells.items()
+    assert row['train_examples'] == runs.num_train_examples(run.config)
+    assert row['test_accuracy'] == run.final('eval_accuracy')
+    assert row['accuracy_gap'] == pytest.approx(0.75 - row['test_accuracy'])
+    assert row['loss_gap'] == pytest.approx(row['test_loss'] - 0.5)
+    if result.budget.kind == 'seconds':
+      timing = result.timing
+      spent = (timing.overhead_seconds + options.num_evals *
+               timing.eval_seconds + row['steps'] * timing.step_seconds)
+      assert spent <= result.budget.amount < spent + timing.step_seconds
+      assert row['budget_seconds'] == result.budget.amount
+      assert row['step_seconds'] == timing.step_seconds
+    else:
+      assert result.timing is None
+      assert row['steps'] == result.budget.amount
+  # Each model is measured once, however many runs train it.
+  models = {model_of(v.config) for v in variants}
+  assert sorted(measured) == sorted(
+      (kind, model) for kind in module.STUDY.measures for model in models)
+  # The report says which command made it and holds a row per run.
+  assert results.command == cli.options_command(f'experiments.{name}',
+                                                options)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert f'Written by `{results.command}`' in markdown
+  assert len(table_rows(markdown)) == len(results.results)
+  assert os.path.getsize(tmp_path / 'report.png') > 0
