@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import math
 import os
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Sequence, Tuple
 
 from absl import logging
 from matplotlib.backends import backend_agg
@@ -180,16 +180,11 @@ def cost_notes(image_size: int) -> List[str]:
 
 
 def write_report(out: str, lines: Sequence[str], panels: Sequence[Panel],
-                 ncols: int = 3) -> Dict[str, str]:
-  """Writes OUT.png (the `panels`) and OUT.md (`lines`, then that figure).
-
-  Returns the paths written, by extension.
-  """
-  paths = {'md': out + '.md', 'png': out + '.png'}
-  plot_panels(panels, paths['png'], ncols)
-  os.makedirs(os.path.dirname(os.path.abspath(paths['md'])), exist_ok=True)
-  with open(paths['md'], 'w') as f:
-    f.write('\n'.join(
-        [*lines, '', f'![Curves]({os.path.basename(paths["png"])})', '']))
-  logging.info('Wrote %s and %s.', paths['md'], paths['png'])
-  return paths
+                 ncols: int = 3):
+  """Writes OUT.png (the `panels`) and OUT.md (`lines`, then that figure)."""
+  out_md, out_png = out + '.md', out + '.png'
+  plot_panels(panels, out_png, ncols)
+  with open(out_md, 'w') as f:  # plot_panels made the folder.
+    f.write('\n'.join([*lines, '', f'![Curves]({os.path.basename(out_png)})',
+                       '']))
+  logging.info('Wrote %s and %s.', out_md, out_png)
