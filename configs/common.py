@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp.augment = 'auto'  # auto|inception_crop_flip|pad_crop_flip|pad_crop|flip|none.
   config.pp.curriculum = ()  # ((start, size), ...) train-size phases; () = crop.
   config.pp.curriculum_unit = 'steps'  # Unit of curriculum starts: steps|epochs.
+  config.pp.randaugment = ()  # (num_ops, magnitude), e.g. (2, 9); () = off.
+  config.pp.trivial_augment = False  # TrivialAugment-wide (not with the above).
+  config.pp.augment_fill = 128  # Pixel value geometric augmentations fill in.
   config.pp.random_erase = 0.0  # Probability of random erasing (train only).
   config.pp.eval_crop_fraction = 1.0  # < 1: resize to crop/fraction, centre crop.
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer.
@@ -46,6 +49,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.b2 = 0.999  # Adam beta2.
   config.weight_decay = 0.0  # Adam(W) weight decay on kernels only.
   config.label_smoothing = 0.0  # Label smoothing of the training targets.
+  # Mixup / CutMix (timm's Mixup, on the device in the train step).
+  config.mixup = 0.0  # Mixup's Beta alpha, e.g. 0.8 (0: off).
+  config.cutmix = 0.0  # CutMix's Beta alpha, e.g. 1.0 (0: off).
+  config.mix_prob = 1.0  # Probability of mixing a batch (example in 'elem').
+  config.mix_switch_prob = 0.5  # CutMix instead of mixup, when both are on.
+  config.mix_mode = 'batch'  # batch: one draw per batch | elem: per example.
+  # Exponential moving average of the params (timm's ModelEmaV3).
+  config.ema_decay = 0.0  # e.g. 0.999 (0: off); evaluated beside the params.
+  config.ema_warmup_power = 0.75  # Warm-up: decay 1 - (1 + step)^-power; 0: off.
+
+  # Distillation from a frozen teacher (DeiT; see vit_flax/distill.py).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = placeholder(str)  # A run's workdir or an .npz.
+  config.distill.teacher_config = placeholder(str)  # For an .npz: config/preset.
+  config.distill.teacher_checkpoint = 'best'  # Of a workdir: best | latest.
+  config.distill.type = 'hard'  # hard (teacher's argmax) | soft (KL at T).
+  config.distill.alpha = 0.5  # Weight of the distillation loss.
+  config.distill.temperature = 1.0  # Of soft distillation.
 
   # Loop.
   config.eval_every = 1000  # Evaluate every so many steps (and at the end).

@@ -1,5 +1,6 @@
 """Tests of vit_flax.inference: loading models for inference, class names."""
 
+import numpy as np
 import pytest
 
 from helpers import NUM_CLASSES
@@ -70,3 +71,18 @@ def test_a_preset_takes_the_image_size_of_its_position_embeddings(tmp_path):
       model_configs.get_model_config('R26+ViT-B_32')) == 32
 
 
+
+
+def test_an_image_far_smaller_than_the_input_gets_a_warning(tmp_path,
+                                                            caplog):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / 'dot.png')
+  Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / 'ok.png')
+  with caplog.at_level('WARNING'):
+    image = inference.read_image(str(tmp_path / 'dot.png'), 28)
+    inference.read_image(str(tmp_path / 'ok.png'), 28)
+  assert image.shape == (28, 28, 3)
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == 'WARNING']
+  assert len(warnings) == 1
+  assert 'dot.png is 1x1 pixels, far smaller than the model' in warnings[0]

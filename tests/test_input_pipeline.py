@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import write_idx
+from vit_flax import errors
 from vit_flax import input_pipeline
 
 
@@ -357,3 +358,31 @@ def test_unknown_split_is_a_clear_error():
 def test_unknown_augmentation_is_a_clear_error():
   with pytest.raises(input_pipeline.DataError, match="augmentation 'big'"):
     input_pipeline.resolve_augment('big', 'cifar10', None)
+
+
+@pytest.mark.parametrize('pp', [dict(randaugment=(2, 9)),
+                                dict(trivial_augment=True),
+                                dict(randaugment=(2, 9), augment='none')])
+def test_auto_augment_is_a_function_of_seed_and_step(pp):
+  with tfds.testing.mock_data(num_examples=20):
+    plain = list(input_pipeline.Pipeline(
+        data_config(**{k: v for k, v in pp.items() if k == 'augment'})
+    ).train_batches(0))
+    pipeline = input_pipeline.Pipeline(data_config(**pp))
+    first = list(pipeline.train_batches(0))
+    resumed = list(pipeline.train_batches(3))
+  for a, b in zip(first[3:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert any(not np.array_equal(a['image'], b['image'])
+             for a, b in zip(plain, first))
+  images = stack(first)['image']
+  assert images.dtype == np.float32 and images.shape == (48, 32, 32, 3)
+  assert images.min() >= -1.0 and images.max() <= 1.0
+
+
+def test_auto_augment_settings_are_checked_at_once():
+  with pytest.raises(errors.ConfigError, match='choose one'):
+    input_pipeline.auto_augment_of(
+        data_config(randaugment=(2, 9), trivial_augment=True).pp)
+  with pytest.raises(errors.ConfigError, match='num_ops=0'):
+    input_pipeline.auto_augment_of(data_config(randaugment=(0, 9)).pp)

@@ -231,14 +231,6 @@ def test_unknown_dataset_and_split(tmp_path):
         str(tmp_path))
 
 
-def test_workdir_that_is_a_file_or_under_one(tmp_path):
-  (tmp_path / 'file').write_text('x')
-  with pytest.raises(errors.ConfigError, match='is a file'):
-    train.prepare_workdir(str(tmp_path / 'file'))
-  with pytest.raises(errors.ConfigError, match='is not writable'):
-    train.prepare_workdir(str(tmp_path / 'file' / 'run'))
-
-
 def test_main_exits_non_zero_with_the_message_alone(tmp_path):
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quickstart.py',
@@ -247,3 +239,117 @@ def test_main_exits_non_zero_with_the_message_alone(tmp_path):
   assert result.returncode != 0
   assert "Error: Unknown optimizer 'lamb'" in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'batch': 0}, r'config.batch=0 cannot work: it must be an integer >= 1'),
+    ({'batch': -4}, r'config.batch=-4 cannot work'),
+    ({'batch_eval': 0}, r'config.batch_eval=0 cannot work'),
+    ({'total_steps': 0}, r'config.total_steps=0 cannot work'),
+    ({'base_lr': -1.0}, r'config.base_lr=-1.0 cannot work: it must be a '
+     r'number >= 0'),
+    ({'eval_every': 0}, r'config.eval_every=0 cannot work'),
+    ({'label_smoothing': 1.5}, r'config.label_smoothing=1.5 cannot work'),
+    ({'ema_decay': 1.0}, r'config.ema_decay=1.0 cannot work'),
+    ({'mixup': -0.2}, r'config.mixup=-0.2 must be a finite number >= 0'),
+    ({'mix_prob': 2.0}, r'config.mix_prob=2.0 must be a number in \[0, 1\]'),
+    ({'pp': {'curriculum_unit': 'epoch'}},
+     r"config.pp.curriculum_unit='epoch' cannot work: it must be one of "
+     r"\('steps', 'epochs'\)"),
+    ({'pp': {'randaugment': (2, 11)}}, r'magnitude=11 is outside'),
+    ({'pp': {'randaugment': (2,)}}, r'must be \(num_ops, magnitude\)'),
+    ({'model': {'hidden_size': 18}},
+     r'hidden_size=18 cannot be split over config.model.transformer.'
+     r'num_heads=4 attention heads'),
+    ({'warmup_steps': 6}, r'warmup_steps=6 must be below config.total_steps=6'),
+])
+def test_bad_numbers_are_clear_errors_before_the_workdir_exists(
+    tmp_path, overrides, message):
+  config = tiny_config()
+  config.model.transformer.num_heads = 4
+  config.update(overrides)
+  workdir = tmp_path / 'run'
+  with pytest.raises(errors.ConfigError, match=message):
+    run(config, workdir)
+  assert not workdir.exists()
+
+
+def one_step(config, seed=0):
+  """The state after one train step of `config` on a fixed batch (plain SGD,
+  no warm-up: the params move by the gradient)."""
+  config.update(optimizer='sgd', momentum=0.0, warmup_steps=0)
+  model = model_configs.create_model_for(config, 10)
+  schedule = optim.create_learning_rate_schedule(
+      config.total_steps, config.base_lr, config.decay_type,
+      config.warmup_steps)
+  tx = optim.create_optimizer(config, schedule)
+  mesh = train.create_mesh()
+  state = train.create_train_state(model, tx, config, config.pp.crop, mesh)
+  step = train.make_train_step(model, tx, schedule, config, 10, mesh)
+  rng = np.random.RandomState(seed)
+  batch = {'image': rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+           'label': rng.randint(0, 10, 8).astype(np.int32)}
+  return step(state, batch)
+
+
+def test_mixing_changes_the_step_deterministically_and_off_changes_nothing():
+  plain_state, plain = one_step(tiny_config())
+  zero_state, _ = one_step(tiny_config(mixup=0.0, cutmix=0.0))
+  for a, b in zip(jax.tree.leaves(plain_state.params),
+                  jax.tree.leaves(zero_state.params)):
+    np.testing.assert_array_equal(a, b)
+  mixed_config = tiny_config(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+  mixed_state, mixed = one_step(mixed_config)
+  again_state, again = one_step(mixed_config)
+  # The zero-initialised head gives every batch the same first loss, ln 10;
+  # the gradients, and so the params, tell mixed and plain batches apart.
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(mixed_state.params), jax.tree.leaves(plain_state.params)))
+  assert float(mixed['grad_norm']) != float(plain['grad_norm'])
+  assert float(mixed['loss']) == float(again['loss'])
+  for a, b in zip(jax.tree.leaves(mixed_state.params),
+                  jax.tree.leaves(again_state.params)):
+    np.testing.assert_array_equal(a, b)
+  assert 0.0 <= float(mixed['accuracy']) <= 1.0
+
+
+def test_mixed_batches_split_into_microbatches_like_a_large_batch():
+  config = tiny_config(mixup=0.8, cutmix=1.0)
+  _, whole = one_step(config)
+  _, chunked = one_step(tiny_config(mixup=0.8, cutmix=1.0, accum_steps=2))
+  np.testing.assert_allclose(float(chunked['loss']), float(whole['loss']),
+                             rtol=1e-5)
+
+
+def test_ema_starts_as_the_params_then_averages_them():
+  state, step_metrics = one_step(tiny_config(ema_decay=0.99))
+  # timm's ModelEmaV3: the first update copies the params.
+  assert float(step_metrics['ema_decay']) == 0.0
+  for ema, params in zip(jax.tree.leaves(state.ema_params),
+                         jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(ema, params)
+  decays = [float(train.ema_decay_at(n, 0.99, 0.75)) for n in (1, 2, 10, 10**6)]
+  assert decays[0] == 0.0 and 0 < decays[1] < decays[2] < decays[3]
+  assert decays[3] == np.float32(0.99)
+  assert float(train.ema_decay_at(5, 0.9, 0.0)) == np.float32(0.9)
+  params = {'w': jnp.arange(3.0)}
+  averaged = train.update_ema({'w': jnp.zeros(3)}, params, 0.0)
+  np.testing.assert_array_equal(averaged['w'], params['w'])
+  np.testing.assert_allclose(
+      train.update_ema({'w': jnp.ones(3)}, params, 0.75)['w'],
+      0.75 + 0.25 * np.arange(3.0))
+
+
+def test_ema_is_evaluated_beside_the_params(tmp_path):
+  run(tiny_config(ema_decay=0.9, eval_every=3), tmp_path)
+  scalars = read_scalars(tmp_path)
+  assert set(scalars['eval_ema_accuracy']) == {3, 6}
+  assert set(scalars['eval_accuracy']) == {3, 6}
+  assert 0 <= scalars['eval_ema_loss'][6]
+
+
+def test_randaugment_runs_in_training(tmp_path):
+  config = tiny_config(pp=dict(randaugment=(2, 9), augment='none'),
+                       total_steps=4)
+  run(config, tmp_path)
+  assert 4 in read_scalars(tmp_path)['loss']

@@ -4,11 +4,11 @@ The end-to-end tests run `tests/tiny_run.py` in subprocesses and stop them
 from outside, as a preempted VM or an impatient user would.
 """
 
+import errno
 import glob
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -238,23 +238,140 @@ def test_changed_total_steps_is_honoured(tmp_path, data, caplog):
              for r in caplog.records)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_earlier_ones_remain(
-    tmp_path, data):
-  workdir = str(tmp_path)
-  train.train_and_evaluate(small_config(data), workdir)
-  latest = os.path.join(workdir, 'checkpoints', '4')
-  # Truncate the array data, as a disk filling up mid-copy would.
-  for path in glob.glob(os.path.join(latest, 'params', '**', 'd', '*'),
-                        recursive=True):
+def truncate_arrays(checkpoint_dir, item='params'):
+  """Truncates the array files of a checkpoint, as a disk filling up
+  mid-copy would."""
+  paths = glob.glob(os.path.join(checkpoint_dir, item, '**', 'd', '*'),
+                    recursive=True)
+  assert paths
+  for path in paths:
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 2)
+
+
+def overwrite_arrays(checkpoint_dir, item='params'):
+  """Overwrites the array files of a checkpoint with other bytes."""
+  for path in glob.glob(os.path.join(checkpoint_dir, item, '**', 'd', '*'),
+                        recursive=True):
+    size = os.path.getsize(path)
+    with open(path, 'r+b') as f:
+      f.write(bytes(random.Random(0).randrange(256) for _ in range(size)))
+
+
+def assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('damage', [truncate_arrays, overwrite_arrays])
+def test_a_corrupt_checkpoint_is_set_aside_and_the_run_resumes(
+    tmp_path, data, caplog, damage):
+  whole = train.train_and_evaluate(small_config(data, total_steps=6),
+                                   str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(small_config(data), workdir)  # Checkpoints 2, 4.
+  damage(os.path.join(workdir, 'checkpoints', '4'))
+  with caplog.at_level('INFO'):
+    state = train.train_and_evaluate(small_config(data, total_steps=6),
+                                     workdir)
+  assert int(state.step) == 6
+  warnings = [r.getMessage() for r in caplog.records
+              if 'is corrupt' in r.getMessage()]
+  assert len(warnings) == 1 and 'checkpoints/corrupt-4' in warnings[0]
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', 'corrupt-4'))
+  assert any('Resumed from' in r.getMessage() and '/2:' in r.getMessage()
+             for r in caplog.records)
+  # From step 2 again, the run ends where an uninterrupted one does.
+  assert_same_params(state.params, whole.params)
+
+
+def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path, data):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data), workdir)
+  for step in (2, 4):
+    truncate_arrays(os.path.join(workdir, 'checkpoints', str(step)))
   with pytest.raises(errors.CheckpointError,
-                     match=r'Cannot restore the checkpoint .*checkpoints/4 '
-                     r'.*delete .*checkpoints/4 to resume from an earlier'):
+                     match=r'No checkpoint .* could be restored: all were '
+                     r'corrupt and are kept aside .*corrupt-4.*corrupt-2'):
     train.train_and_evaluate(small_config(data, total_steps=6), workdir)
-  shutil.rmtree(latest)  # What the message says to do.
+  assert committed_steps(workdir) == []
+
+
+def test_a_corrupt_best_checkpoint_is_set_aside(tmp_path, data, caplog):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data, eval_every=2), workdir)
+  best = os.path.join(workdir, 'checkpoints', 'best')
+  (step,) = os.listdir(best)
+  truncate_arrays(os.path.join(best, step))
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(small_config(data, total_steps=6, eval_every=2),
+                             workdir)
+  assert os.path.isdir(os.path.join(best, f'corrupt-{step}'))
+  assert any('is corrupt' in r.getMessage() and 'best' in r.getMessage()
+             for r in caplog.records)
+  # A new best was saved after the evaluations of this run.
+  assert [n for n in os.listdir(best) if n.isdigit()]
+
+
+def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
+    tmp_path, data, monkeypatch):
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  whole = train.train_and_evaluate(small_config(data, total_steps=6),
+                                   str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'run')
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+  commits = []
+
+  def full_after_the_first(self, *args, **kwargs):
+    final = self._final_path  # pylint: disable=protected-access
+    # The commit of a whole checkpoint (its items commit on their own).
+    if final.parent.name == 'checkpoints' and final.name.isdigit():
+      commits.append(final.name)
+      if len(commits) > 1:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    return finalize(self, *args, **kwargs)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize',
+                      full_after_the_first)
+  with pytest.raises(errors.CheckpointError,
+                     match=r'Saving the checkpoint of step 4 .* failed .*No '
+                     r'space left on device.*the disk is full. The checkpoint '
+                     r'of step 2 is intact'):
+    train.train_and_evaluate(small_config(data, total_steps=6), workdir)
+  monkeypatch.undo()
+  assert committed_steps(workdir) == [2]
   state = train.train_and_evaluate(small_config(data, total_steps=6), workdir)
   assert int(state.step) == 6
+  assert_same_params(state.params, whole.params)
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, data, monkeypatch):
+  make_train_step = train.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def step(state, batch):
+      if int(state.step) == 4:  # NaN params: step 5's loss is NaN.
+        state = state.replace(params=jax.tree.map(
+            lambda x: x * np.float32('nan'), state.params))
+      return step_fn(state, batch)
+
+    step._cache_size = step_fn._cache_size  # pylint: disable=protected-access
+    return step
+
+  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  workdir = str(tmp_path)
+  with pytest.raises(train.DivergenceError,
+                     match=r'Training diverged at step 5: loss nan.*the '
+                     r'checkpoint of step 4 is kept as the newest.*lower '
+                     r'learning rate'):
+    train.train_and_evaluate(small_config(data, total_steps=8,
+                                          eval_every=2), workdir)
+  assert committed_steps(workdir) == [2, 4]
+  best = os.listdir(os.path.join(workdir, 'checkpoints', 'best'))
+  assert all(int(n) <= 4 for n in best if n.isdigit())
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data):
@@ -308,3 +425,48 @@ def test_resume_may_rename_the_model_but_not_change_it():
   renamed.model.hidden_size = 192
   with pytest.raises(errors.CheckpointError, match='model.hidden_size'):
     train_checkpoints.check_resumable(saved, renamed)
+
+
+def stop_at(step_to_stop):
+  """A should_stop that asks to stop after `step_to_stop`, as a SIGTERM."""
+  return lambda handler, step: step == step_to_stop
+
+
+def test_ema_and_mixing_resume_bit_for_bit(tmp_path, data, monkeypatch):
+  def config():
+    return small_config(data, total_steps=8, ema_decay=0.9, mixup=0.8,
+                        cutmix=1.0, eval_every=4, checkpoint_every=4,
+                        pp=dict(randaugment=(2, 9), random_erase=0.5))
+
+  whole = train.train_and_evaluate(config(), str(tmp_path / 'whole'))
+  monkeypatch.setattr(train_checkpoints.PreemptionHandler, 'should_stop',
+                      stop_at(3))
+  stopped = train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  assert int(stopped.step) == 3
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  assert int(resumed.step) == 8
+  for name in ('params', 'ema_params'):
+    for a, b in zip(jax.tree.leaves(getattr(whole, name)),
+                    jax.tree.leaves(getattr(resumed, name))):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  # The EMA is not the params, and inference reads it.
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(whole.params), jax.tree.leaves(whole.ema_params)))
+  _, ema = train_checkpoints.restore_for_inference(
+      str(tmp_path / 'whole'), 'latest', ema=True)
+  for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(whole.ema_params)):
+    np.testing.assert_array_equal(a, b)
+  _, best = train_checkpoints.restore_for_inference(
+      str(tmp_path / 'whole'), 'best', ema=True)
+  assert jax.tree.structure(best) == jax.tree.structure(ema)
+
+
+def test_ema_cannot_be_turned_on_when_resuming(tmp_path, data):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(small_config(data), workdir)
+  with pytest.raises(errors.CheckpointError, match='config.ema_decay is 0.9'):
+    train.train_and_evaluate(small_config(data, total_steps=6,
+                                          ema_decay=0.9), workdir)
+  with pytest.raises(errors.CheckpointError, match='holds no EMA'):
+    train_checkpoints.restore_for_inference(workdir, 'latest', ema=True)

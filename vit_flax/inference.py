@@ -33,6 +33,9 @@ FLAGS = flags.FLAGS
 CHECKPOINT_KINDS = ('best', 'latest')
 # Image size when neither the config nor the position embeddings give one.
 DEFAULT_IMAGE_SIZE = 224
+# An image whose shorter side is this many times smaller than the model's
+# input gets a warning: upscaled that much, it holds little detail.
+SMALL_IMAGE_FACTOR = 4
 _CHANNEL_KINDS = {2: 'grayscale with alpha', 4: 'RGBA'}
 
 
@@ -162,8 +165,8 @@ def load_inference_model(*, workdir: Optional[str] = None,
                          which: str = 'latest',
                          config: Optional[ml_collections.ConfigDict] = None,
                          model_name: Optional[str] = None,
-                         image_size: Optional[int] = None
-                         ) -> InferenceModel:
+                         image_size: Optional[int] = None,
+                         ema: bool = False) -> InferenceModel:
   """A run's checkpoint, or an `.npz` with a config file or preset.
 
   Args:
@@ -172,7 +175,13 @@ def load_inference_model(*, workdir: Optional[str] = None,
     config: the run config to use with a `.npz` (as `--config` loads it).
     model_name: a preset of `model_configs.MODEL_CONFIGS`, instead of config.
     image_size: overrides the config's `pp.crop`.
+    ema: the run's EMA of the params (`config.ema_decay`) instead of them.
   """
+  if ema and which not in CHECKPOINT_KINDS:
+    raise errors.UserError(
+        f'--ema picks the EMA of a training run\'s params, but '
+        f'--checkpoint={which} is a file, which holds one set of params; '
+        'drop --ema, or give the run with --workdir.')
   if which in CHECKPOINT_KINDS:
     if not workdir:
       raise errors.UserError(
@@ -184,7 +193,8 @@ def load_inference_model(*, workdir: Optional[str] = None,
           'A run checkpoint (--workdir) carries its own config; --config and '
           '--model are for .npz checkpoints.')
     train_checkpoints.quiet_orbax_logs()
-    config, params = train_checkpoints.restore_for_inference(workdir, which)
+    config, params = train_checkpoints.restore_for_inference(workdir, which,
+                                                             ema=ema)
     source = f'The {which} checkpoint of {workdir}'
   else:
     if workdir:
@@ -240,6 +250,12 @@ def read_image(path: str, image_size: int,
         '; the model takes RGB images (grayscale is converted to RGB, as in '
         'training). Convert it to RGB first, e.g. PIL.Image.open(path)'
         '.convert("RGB").save(...).')
+  height, width = image.shape[0], image.shape[1]
+  if min(height, width) * SMALL_IMAGE_FACTOR < image_size:
+    logging.warning(
+        '%s is %dx%d pixels, far smaller than the model\'s %dx%d input: it '
+        'is upscaled, so what the model sees has little detail.', path,
+        width, height, image_size, image_size)
   return np.asarray(
       input_pipeline.preprocess_eval(image, image_size, crop_fraction))
 
@@ -292,9 +308,11 @@ def define_model_flags():
                       'of --config, e.g. ViT-B_16.')
   flags.DEFINE_integer('image_size', None, 'Input size; default: the '
                        "config's pp.crop, else the checkpoint's.")
+  flags.DEFINE_bool('ema', False, 'The EMA of the params of the --workdir run '
+                    '(trained with config.ema_decay) instead of the params.')
 
 
 def load_model_from_flags() -> InferenceModel:
   return load_inference_model(
       workdir=FLAGS.workdir, which=FLAGS.checkpoint, config=FLAGS.config,
-      model_name=FLAGS.model, image_size=FLAGS.image_size)
+      model_name=FLAGS.model, image_size=FLAGS.image_size, ema=FLAGS.ema)

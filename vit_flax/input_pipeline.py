@@ -9,6 +9,7 @@ what exact resume and resolution curricula need.
 
 import dataclasses
 import functools
+import glob
 import gzip
 import math
 import os
@@ -21,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_flax import errors
+from vit_flax import randaugment
 
 # Debian's `dataset-fashion-mnist` package puts the original IDX files here.
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
@@ -28,6 +30,9 @@ FASHION_MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
 }
+# The label names of TFDS's `fashion_mnist`, in its order.
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 AUGMENTATIONS = ('auto', 'inception_crop_flip', 'pad_crop_flip', 'pad_crop',
                  'flip', 'none')
 # Digits and glyphs: flips and crops change what they show.
@@ -166,9 +171,8 @@ def fashion_mnist_from_idx(directory: str) -> ArraySource:
   for split, (images, labels) in FASHION_MNIST_FILES.items():
     arrays[split] = (read_idx(os.path.join(directory, images))[..., None],
                      read_idx(os.path.join(directory, labels)))
-  # Same label names (and order) as TFDS's `fashion_mnist`.
-  names = tfds.builder('fashion_mnist').info.features['label'].names
-  return ArraySource('fashion_mnist', arrays, names, image_shape=(28, 28, 1))
+  return ArraySource('fashion_mnist', arrays, FASHION_MNIST_CLASSES,
+                     image_shape=(28, 28, 1))
 
 
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -323,6 +327,14 @@ class TfdsSource(Source):
     return image
 
 
+def tfds_prepared(name: str, data_dir: Optional[str]) -> bool:
+  """Whether TFDS holds `name` prepared, without building it (a builder of
+  an unprepared data set logs a warning on every run)."""
+  root = data_dir or tfds.core.constants.DATA_DIR
+  return bool(glob.glob(os.path.join(os.path.expanduser(root), name, '*',
+                                     'dataset_info.json')))
+
+
 def get_source(dataset: str, data_dir: Optional[str] = None,
                manual_dir: Optional[str] = None) -> Source:
   """Resolves `config.dataset`: an image folder, offline data, or TFDS."""
@@ -332,12 +344,10 @@ def get_source(dataset: str, data_dir: Optional[str] = None,
   if os.path.isdir(dataset):
     return ImageFolderSource(dataset)
   if dataset == 'fashion_mnist':
-    source = TfdsSource(dataset, data_dir, manual_dir)
     idx_dir = fashion_mnist_idx_dir(manual_dir)
-    if idx_dir and not source.builder.is_prepared():
+    if idx_dir and not tfds_prepared(dataset, data_dir):
       logging.info('fashion_mnist: reading the IDX files in %s', idx_dir)
       return fashion_mnist_from_idx(idx_dir)
-    return source
   return TfdsSource(dataset, data_dir, manual_dir)
 
 
@@ -425,6 +435,39 @@ def random_erase(images, seed, probability: float):
         tf.bitwise.bitwise_and(images, tf.bitwise.invert(mask)))
   inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
   return tf.where(inside, tf.cast(noise, images.dtype) / 127.5 - 1.0, images)
+
+
+def to_uint8(images):
+  """uint8 images as they are; floats in [-1, 1] back to 0-255, rounded."""
+  if images.dtype == tf.uint8:
+    return images
+  return tf.cast(tf.round(tf.clip_by_value(images * 127.5 + 127.5, 0, 255)),
+                 tf.uint8)
+
+
+def auto_augment_of(pp) -> Optional[Any]:
+  """`images, seed -> images` of `pp.randaugment` (num_ops, magnitude) or
+  `pp.trivial_augment`, or None when both are off; checks them now."""
+  settings = tuple(pp.get('randaugment', ()) or ())
+  trivial = bool(pp.get('trivial_augment', False))
+  fill = pp.get('augment_fill', 128)
+  if settings and trivial:
+    raise errors.ConfigError(
+        f'pp.randaugment={settings} and pp.trivial_augment=True are two '
+        'automatic augmentations; choose one (set pp.randaugment=() or '
+        'pp.trivial_augment=False).')
+  if trivial:
+    return functools.partial(randaugment.trivial_augment_wide, fill=fill)
+  if not settings:
+    return None
+  if len(settings) != 2:
+    raise errors.ConfigError(
+        f'pp.randaugment={settings} must be (num_ops, magnitude), e.g. '
+        '(2, 9) as timm and big_vision use, or () to turn it off.')
+  num_ops, magnitude = settings
+  randaugment.check_randaugment(num_ops, magnitude)
+  return functools.partial(randaugment.randaugment, num_ops=num_ops,
+                           magnitude=magnitude, fill=fill)
 
 
 def random_flip(images, seed):
@@ -516,6 +559,7 @@ class Pipeline:
     if not 0.0 <= self.erase_probability <= 1.0:
       raise DataError(f'pp.random_erase={self.erase_probability} is not a '
                       'probability; use a value from 0 (off) to 1.')
+    self.auto_augment = auto_augment_of(pp)
     if config.batch % process_count or config.batch_eval % process_count:
       raise DataError(
           f'batch={config.batch} and batch_eval={config.batch_eval} must be '
@@ -629,13 +673,15 @@ class Pipeline:
 
   def _per_batch_fn(self, phase: Phase):
     """(indices, batch) -> batch: the whole-batch steps (gather, flips,
-    random erasing, conversion to floats), each keyed by the batch's first
-    example index so that any step's batch can be made again."""
+    RandAugment, random erasing, conversion to floats), each keyed by the
+    batch's first example index so that any step's batch can be made
+    again."""
     whole_batches = self._augments_whole_batches
     gather = self._train_arrays is not None and whole_batches
     flip = whole_batches and self.augment == 'flip'
     # Batch-level randomness has keys of its own, apart from the examples'.
     erase_seed, flip_seed = self._seed(-1), self._seed(-2)
+    auto_augment_seed = self._seed(-3)
     size, probability = phase.image_size, self.erase_probability
 
     def finish(indices, batch):
@@ -646,6 +692,10 @@ class Pipeline:
       if flip:  # On uint8: a quarter of the bytes of floats.
         image = random_flip(
             image, tf.random.experimental.stateless_fold_in(flip_seed, key))
+      if self.auto_augment:  # On uint8, as its ops are defined.
+        image = self.auto_augment(
+            to_uint8(image),
+            tf.random.experimental.stateless_fold_in(auto_augment_seed, key))
       # Erased on uint8 where no resize follows (a resize would blur the
       # noise), else after the float conversion.
       erase_on_uint8 = (image.dtype == tf.uint8 and

@@ -30,15 +30,19 @@ import numpy as np
 import optax
 
 from vit_flax import checkpoint
+from vit_flax import config_checks
+from vit_flax import distill
 from vit_flax import train_checkpoints
 from vit_flax import errors
 from vit_flax import host
 from vit_flax import input_pipeline
 from vit_flax import metrics
+from vit_flax import mixup
 from vit_flax import model_configs
 from vit_flax import model_stats
 from vit_flax import optim
 from vit_flax import visualize
+from vit_flax import workdir as workdir_lib
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
@@ -53,6 +57,11 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # Raw uint32 key; dropout keys are folded in from it.
+  # The exponential moving average of `params` (None without config.ema_decay).
+  ema_params: Any = None
+  # A frozen teacher's params (config.distill): placed like the params, never
+  # updated, not checkpointed (read from the teacher's files at each start).
+  teacher_params: Any = None
 
 
 def create_mesh(devices=None, fsdp: int = 1) -> Mesh:
@@ -126,53 +135,7 @@ def fetch_params(params):
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int):
   """Fails fast, before any work, on values that cannot work."""
-  for field in ('dataset', 'total_steps', 'batch', 'batch_eval', 'model'):
-    if config.get(field) is None:
-      raise errors.ConfigError(f'config.{field} must be set.')
-  if config.total_steps <= 0:
-    raise errors.ConfigError(f'total_steps={config.total_steps} must be > 0.')
-  fsdp = config.get('mesh_fsdp', 1)
-  if fsdp < 1 or num_devices % fsdp:
-    raise errors.ConfigError(
-        f'mesh_fsdp={fsdp} must be >= 1 and divide the device count '
-        f'({num_devices}); e.g. mesh_fsdp=1 (replicated) or '
-        f'{num_devices} (every device holds a part).')
-  accum = config.get('accum_steps', 1)
-  if accum < 1:
-    raise errors.ConfigError(f'accum_steps={accum} must be >= 1.')
-  if config.batch % (num_devices * accum):
-    raise errors.ConfigError(
-        f'batch={config.batch} must be divisible by the device count '
-        f'({num_devices}) times accum_steps ({accum}); e.g. use batch='
-        f'{max(1, config.batch // (num_devices * accum)) * num_devices * accum}.'
-    )
-  if config.batch_eval % num_devices:
-    raise errors.ConfigError(
-        f'batch_eval={config.batch_eval} must be divisible by the device '
-        f'count ({num_devices}).')
-  if config.get('pretrained_path'):
-    if not epath.Path(config.pretrained_path).exists():
-      raise errors.ConfigError(
-          f'pretrained_path {config.pretrained_path} does not exist; download '
-          'an official checkpoint (e.g. gs://vit_models/imagenet21k/'
-          'ViT-B_16.npz) or fix the path.')
-
-
-def prepare_workdir(workdir: str) -> epath.Path:
-  """Creates `workdir` and checks it is a writable directory."""
-  path = epath.Path(workdir)
-  if path.exists() and not path.is_dir():
-    raise errors.ConfigError(f'workdir {workdir} is a file; give a directory.')
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f'.write_probe_{jax.process_index()}'
-    probe.write_text('ok')
-    probe.unlink()
-  except OSError as e:
-    raise errors.ConfigError(
-        f'workdir {workdir} is not writable ({e}); choose a directory you '
-        'can write to or fix its permissions.') from e
-  return path
+  config_checks.check_config(config, num_devices)
 
 
 def check_image_sizes(model, sizes, num_channels: int = 3):
@@ -188,32 +151,65 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
+# Folded into a step's key for the mixing draws, apart from dropout's keys.
+MIX_RNG_KEY = 0x6D6978
+
+
+def ema_decay_at(updates, decay: float, warmup_power: float):
+  """The EMA decay after `updates` optimizer updates, as timm's ModelEmaV3:
+  0 for the first (the average starts as the params), then, with a warm-up,
+  min(decay, 1 - (1 + (updates - 1))^-warmup_power)."""
+  seen = jnp.maximum(updates - 1, 0).astype(jnp.float32)
+  value = jnp.asarray(decay, jnp.float32)
+  if warmup_power:
+    value = jnp.minimum(value, 1 - (1 + seen)**-warmup_power)
+  return jnp.where(seen > 0, value, 0.0)
+
+
+def update_ema(ema_params, params, decay):
+  """ema * decay + params * (1 - decay), leaf by leaf."""
+  return jax.tree.map(lambda e, p: e * decay + p * (1 - decay), ema_params,
+                      params)
+
+
 def create_train_state(model, tx, config, image_size: int, mesh: Mesh,
-                       init_params=None) -> TrainState:
+                       init_params=None, teacher_params=None) -> TrainState:
   """Initialises (or places `init_params`) on the mesh.
 
   Replicated, or split as `state_sharding` says when the mesh has an FSDP
-  axis: each device only ever holds its part.
+  axis: each device only ever holds its part. `teacher_params` (a frozen
+  teacher's) are placed the same way.
   """
   rng = jax.random.PRNGKey(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
 
-  def init(params):
+  def init(params, teacher_params):
     if params is None:
       params = model.init(init_rng, jnp.zeros((1, image_size, image_size, 3)),
                           train=False)['params']
+    ema_params = params if config.get('ema_decay') else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=tx.init(params), rng=dropout_rng)
+                      opt_state=tx.init(params), rng=dropout_rng,
+                      ema_params=ema_params, teacher_params=teacher_params)
 
   shardings = NamedSharding(mesh, P())  # Replicated: no shapes needed.
   if FSDP_AXIS in mesh.axis_names:
-    shardings = state_sharding(jax.eval_shape(init, init_params), mesh)
-  return jax.jit(init, out_shardings=shardings)(init_params)
+    shardings = state_sharding(
+        jax.eval_shape(init, init_params, teacher_params), mesh)
+  return jax.jit(init, out_shardings=shardings)(init_params, teacher_params)
 
 
 def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
-                    state_shardings=None):
+                    state_shardings=None, teacher_model=None):
   """The jitted step: (state, batch) -> (state, metrics); state donated.
+
+  Mixup/CutMix (`config.mixup`, `config.cutmix`) mix the batch on the
+  devices, keyed by the step; the loss then takes soft targets and the train
+  accuracy counts a prediction of either source label by its weight in the
+  target (`mixup.mixed_accuracy`). With `config.ema_decay` the step also
+  updates the EMA of the params. With `teacher_model` (`config.distill`),
+  its logits on the same images (of `state.teacher_params`) teach the
+  student's distillation head (`distill`).
 
   `state_shardings` (the state's, e.g. `jax.tree.map(lambda x: x.sharding,
   state)`) keeps the new state laid out as the old one; None means
@@ -221,6 +217,13 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
   """
   accum_steps = config.get('accum_steps', 1)
   label_smoothing = config.get('label_smoothing', 0.0)
+  mix = mixup.options_from_config(config)
+  ema_decay = config.get('ema_decay', 0.0)
+  ema_warmup_power = config.get('ema_warmup_power', 0.0)
+  distill_options = (distill.options_from_config(config)
+                     if teacher_model is not None else None)
+  two_heads = (config.model.get('classifier') == 'token_distill' and
+               distill_options is not None)
   replicated = NamedSharding(mesh, P())
   if state_shardings is None:
     if FSDP_AXIS in mesh.axis_names:
@@ -229,14 +232,51 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
   micro_sharding = NamedSharding(mesh,
                                  P(None, *batch_sharding(mesh).spec))
 
-  def loss_fn(params, images, labels, rng):
-    logits = model.apply({'params': params}, images, train=True,
-                         rngs={'dropout': rng})
-    loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss, accuracy
+  def loss_fn(params, inputs, rng):
+    """(loss, {'accuracy', ...}) of a (micro)batch of `inputs` (see
+    `step_inputs`)."""
+    outputs = model.apply({'params': params}, inputs['image'], train=True,
+                          rngs={'dropout': rng},
+                          **({'distill_outputs': True} if two_heads else {}))
+    # The class head's logits, and what the model predicts.
+    logits, predicted = outputs, outputs
+    if two_heads:
+      logits, distill_logits = outputs
+      predicted = (logits + distill_logits) / 2
+    if 'mixed' not in inputs:
+      labels = inputs['label']
+      loss = cross_entropy(logits, labels, num_classes, label_smoothing)
+      aux = {'accuracy': jnp.mean(jnp.argmax(predicted, -1) == labels)}
+    else:
+      mixed = inputs['mixed']
+      loss = mixup.soft_cross_entropy(logits, mixed.targets)
+      aux = {'accuracy': mixup.mixed_accuracy(predicted, mixed)}
+    loss = loss.mean()
+    if distill_options is not None:
+      kd = distill.distillation_loss(
+          distill_logits if two_heads else logits, inputs['teacher_logits'],
+          distill_options).mean()
+      aux['distill_loss'] = kd
+      loss = (1 - distill_options.alpha) * loss + distill_options.alpha * kd
+    return loss, aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_inputs(state, batch, rng):
+    """What the loss needs of each example: the (mixed) images, the labels
+    (or mixed targets) and the teacher's logits on those images."""
+    if not mix.enabled:
+      inputs = {'image': batch['image'], 'label': batch['label']}
+    else:
+      mixed = mixup.mix_batch(jax.random.fold_in(rng, MIX_RNG_KEY),
+                              batch['image'], batch['label'], num_classes,
+                              mix)
+      # The images once: mixed.images would be split into microbatches too.
+      inputs = {'image': mixed.images, 'mixed': mixed.replace(images=None)}
+    if teacher_model is not None:
+      inputs['teacher_logits'] = jax.lax.stop_gradient(teacher_model.apply(
+          {'params': state.teacher_params}, inputs['image'], train=False))
+    return inputs
 
   def microbatches(x):
     # Microbatch i takes rows i, i + A, i + 2A, ...: each device's rows stay
@@ -245,22 +285,25 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
     return jax.lax.with_sharding_constraint(jnp.swapaxes(x, 0, 1),
                                             micro_sharding)
 
-  def compute_grads(params, images, labels, rng):
+  def compute_grads(params, inputs, rng):
+    """(loss, aux, grads), averaged over `accum_steps` microbatches."""
     if accum_steps == 1:
-      (loss, accuracy), grads = grad_fn(params, images, labels, rng)
-      return loss, accuracy, grads
+      (loss, aux), grads = grad_fn(params, inputs, rng)
+      return loss, aux, grads
 
-    def accumulate(total, inputs):
-      index, micro_images, micro_labels = inputs
-      (loss, accuracy), grads = grad_fn(params, micro_images, micro_labels,
-                                        jax.random.fold_in(rng, index))
-      return jax.tree.map(jnp.add, total, (loss, accuracy, grads)), None
+    def accumulate(total, indexed_inputs):
+      index, micro_inputs = indexed_inputs
+      (loss, aux), grads = grad_fn(params, micro_inputs,
+                                   jax.random.fold_in(rng, index))
+      return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
 
-    zeros = (jnp.zeros(()), jnp.zeros(()),
-             jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(
-        accumulate, zeros,
-        (jnp.arange(accum_steps), microbatches(images), microbatches(labels)))
+    micro = jax.tree.map(microbatches, inputs)
+    (loss, aux), grads = jax.eval_shape(
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         (loss, aux, grads))
+    total, _ = jax.lax.scan(accumulate, zeros,
+                            (jnp.arange(accum_steps), micro))
     return jax.tree.map(lambda x: x / accum_steps, total)
 
   def train_step(state: TrainState, batch):
@@ -270,15 +313,20 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
     # One key per step; under jit it is split over the devices' shards of
     # the batch, so every device (and example) gets its own dropout mask.
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, accuracy, grads = compute_grads(state.params, batch['image'],
-                                          batch['label'], rng)
+    loss, aux, grads = compute_grads(state.params,
+                                     step_inputs(state, batch, rng), rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'accuracy': accuracy,
+    metrics = {'loss': loss, **aux,
                'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state.step)}
+    ema_params = state.ema_params
+    if ema_decay:
+      decay = ema_decay_at(state.step + 1, ema_decay, ema_warmup_power)
+      ema_params = update_ema(ema_params, params, decay)
+      metrics['ema_decay'] = decay
     new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state)
+                              opt_state=opt_state, ema_params=ema_params)
     return new_state, metrics
 
   return jax.jit(train_step, out_shardings=(state_shardings, replicated),
@@ -376,6 +424,19 @@ class Setup:
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   checkpointer: Optional[train_checkpoints.Checkpointer]
+  lock: workdir_lib.WorkdirLock
+  teacher: Optional[distill.Teacher] = None
+
+  def close(self):
+    """Waits for pending saves (raising their errors), then unlocks."""
+    try:
+      if self.checkpointer:
+        try:
+          self.checkpointer.wait()
+        finally:
+          self.checkpointer.close()
+    finally:
+      self.lock.release()
 
   @property
   def num_classes(self) -> int:
@@ -398,15 +459,27 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
   tx = optim.create_optimizer(config, schedule)
-  workdir = prepare_workdir(workdir)
+  teacher = None
+  if distill.options_from_config(config) is not None:
+    teacher = distill.load_teacher(config, pipeline.num_classes,
+                                   pipeline.image_size)
+    logging.info('Distilling from the %s (%s).', teacher.source,
+                 config.distill.get('type', 'hard'))
+  path = workdir_lib.prepare_workdir(workdir)
+  # Before the checkpoints are touched (a live job may be saving).
+  lock = workdir_lib.WorkdirLock(path)
   checkpointer = None
-  if config.checkpoint_every:
-    checkpointer = train_checkpoints.Checkpointer(
-        workdir, keep=config.get('keep_checkpoints', 3))
-  return Setup(config=config, workdir=workdir,
+  try:
+    if config.checkpoint_every:
+      checkpointer = train_checkpoints.Checkpointer(
+          path, keep=config.get('keep_checkpoints', 3))
+  except BaseException:
+    lock.release()
+    raise
+  return Setup(config=config, workdir=path,
                mesh=create_mesh(fsdp=config.get('mesh_fsdp', 1)),
                pipeline=pipeline, model=model, schedule=schedule, tx=tx,
-               checkpointer=checkpointer)
+               checkpointer=checkpointer, lock=lock, teacher=teacher)
 
 
 def initial_state(setup: Setup) -> Tuple[TrainState, int, Dict[str, Any]]:
@@ -429,11 +502,16 @@ def initial_state(setup: Setup) -> Tuple[TrainState, int, Dict[str, Any]]:
         pretrained_path=config.pretrained_path,
         init_params=jax.device_get(fresh), model_config=config.model)
     logging.info('Fine-tuning from %s.', config.pretrained_path)
-  state = create_train_state(setup.model, setup.tx, config,
-                             pipeline.image_size, setup.mesh, init_params)
+  state = create_train_state(
+      setup.model, setup.tx, config, pipeline.image_size, setup.mesh,
+      init_params, setup.teacher.params if setup.teacher else None)
   if not resuming:
     return state, 0, {}
   return setup.checkpointer.restore(state, config)
+
+
+class DivergenceError(errors.UserError):
+  """The loss or gradient norm became NaN or infinite."""
 
 
 class ProgressWindow:
@@ -444,8 +522,10 @@ class ProgressWindow:
   those of training, not of XLA.
   """
 
-  def __init__(self, pending=()):
-    self.metrics = list(pending)  # Some may be from before a preemption.
+  def __init__(self, first_step: int, pending=()):
+    # Some metrics may be from before a preemption: steps first_step, ...
+    self.first_step = first_step - len(pending)
+    self.metrics = list(pending)
     self.steps = 0
     self.seconds = 0.0
     self.started = None
@@ -461,6 +541,25 @@ class ProgressWindow:
   def pause(self, seconds: float):
     """Time spent on other work (evaluations, figures) in this window."""
     self.seconds -= seconds
+
+  def check_finite(self, last_good_step: Optional[int]):
+    """Raises DivergenceError at the first step whose loss or gradient norm
+    is not finite, so that such a state is never saved."""
+    for offset, step_metrics in enumerate(jax.device_get(self.metrics)):
+      values = {k: float(step_metrics[k]) for k in ('loss', 'grad_norm')}
+      if all(np.isfinite(v) for v in values.values()):
+        continue
+      kept = ('no checkpoint was saved yet' if last_good_step is None else
+              f'the checkpoint of step {last_good_step} is kept as the '
+              'newest')
+      raise DivergenceError(
+          f'Training diverged at step {self.first_step + offset}: loss '
+          f'{values["loss"]}, gradient norm {values["grad_norm"]}. Nothing '
+          f'of this state is saved; {kept}. To go on from there, run the same '
+          'command again with a lower learning rate (e.g. '
+          '--config.base_lr=<half of it>), a longer warm-up '
+          '(--config.warmup_steps) or gradient clipping '
+          '(--config.grad_norm_clip=1).')
 
   def summary(self) -> Dict[str, float]:
     """The mean of each metric over the window (fetched from the devices)."""
@@ -502,17 +601,26 @@ def report_progress(setup: Setup, writer, window: ProgressWindow, step: int):
 
 def evaluate_and_keep_best(setup: Setup, writer, eval_step, state, step,
                            figure_hook: Optional[FigureHook]):
-  """Evaluates the params on the test split, keeps the best checkpoint, and
-  writes the figures of the hook."""
+  """Evaluates the params (and their EMA) on the test split, keeps the best
+  checkpoint (of the EMA when there is one), and writes the hook's figures."""
   data_sharding = batch_sharding(setup.mesh)
   results = evaluate(eval_step, state.params, setup.pipeline, data_sharding)
-  writer.write_scalars(step, results)
   logging.info('eval at step %d: loss %.4f, accuracy %.4f over %d examples',
                step, results['eval_loss'], results['eval_accuracy'],
                results['eval_count'])
+  best_params, best_accuracy = state.params, results['eval_accuracy']
+  if state.ema_params is not None:
+    ema = evaluate(eval_step, state.ema_params, setup.pipeline, data_sharding)
+    results.update(eval_ema_loss=ema['eval_loss'],
+                   eval_ema_accuracy=ema['eval_accuracy'])
+    logging.info('eval of the EMA at step %d: loss %.4f, accuracy %.4f',
+                 step, ema['eval_loss'], ema['eval_accuracy'])
+    best_params, best_accuracy = state.ema_params, ema['eval_accuracy']
+  writer.write_scalars(step, results)
   if setup.checkpointer:
-    setup.checkpointer.save_if_best(step, state.params, setup.config,
-                                    results['eval_accuracy'])
+    setup.checkpointer.save_if_best(step, best_params, setup.config,
+                                    best_accuracy,
+                                    ema=state.ema_params is not None)
   # Params split across processes are gathered with every process's help,
   # whichever of them draws the figures.
   gather = setup.config.get('eval_figures') and split_across_processes(
@@ -541,7 +649,8 @@ def train_loop(setup: Setup, state: TrainState, start_step: int,
   config = setup.config
   train_step = make_train_step(
       setup.model, setup.tx, setup.schedule, config, setup.num_classes,
-      setup.mesh, state_shardings=jax.tree.map(lambda x: x.sharding, state))
+      setup.mesh, state_shardings=jax.tree.map(lambda x: x.sharding, state),
+      teacher_model=setup.teacher.model if setup.teacher else None)
   eval_step = make_eval_step(setup.model, setup.num_classes, setup.mesh)
   profile = None
   if config.get('profile') and jax.process_index() == 0:
@@ -550,9 +659,15 @@ def train_loop(setup: Setup, state: TrainState, start_step: int,
   preemption = train_checkpoints.PreemptionHandler()
   batches = prefetch_to_mesh(setup.pipeline.train_batches(start_step),
                              config.prefetch, batch_sharding(setup.mesh))
-  window = ProgressWindow(resumed_data.get('pending_metrics', []))
+  window = ProgressWindow(start_step + 1,
+                          resumed_data.get('pending_metrics', []))
   window.start()
   last_save = time.time()
+  checkpointer = setup.checkpointer
+
+  def last_good_step():
+    return checkpointer.latest_step() if checkpointer else None
+
   try:
     for step in range(start_step + 1, config.total_steps + 1):
       batch = next(batches)
@@ -564,11 +679,13 @@ def train_loop(setup: Setup, state: TrainState, start_step: int,
         profile(step)
 
       if step % config.progress_every == 0 or step == config.total_steps:
+        window.check_finite(last_good_step())
         report_progress(setup, writer, window, step)
-        window = ProgressWindow()
+        window = ProgressWindow(step + 1)
         window.start()
 
       if step % config.eval_every == 0 or step == config.total_steps:
+        window.check_finite(last_good_step())  # Before a best/ save.
         eval_start = time.time()
         evaluate_and_keep_best(setup, writer, eval_step, state, step,
                                figure_hook)
@@ -576,8 +693,9 @@ def train_loop(setup: Setup, state: TrainState, start_step: int,
 
       stop = preemption.should_stop(step)
       if save_due(setup, step, stop, last_save):
-        setup.checkpointer.save(step, state, config, step * config.batch,
-                                jax.device_get(window.metrics))
+        window.check_finite(last_good_step())
+        checkpointer.save(step, state, config, step * config.batch,
+                          jax.device_get(window.metrics))
         last_save = time.time()
       if stop:
         logging.warning('Stopping at step %d on request; resume by running '
@@ -615,9 +733,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     finally:
       writer.flush()
   finally:
-    if setup.checkpointer:
-      try:
-        setup.checkpointer.wait()  # Surfaces errors of asynchronous saves.
-      finally:
-        setup.checkpointer.close()
+    setup.close()  # Surfaces errors of asynchronous saves.
   return state

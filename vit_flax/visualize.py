@@ -321,7 +321,8 @@ def attention_maps_figure(image: np.ndarray, attentions: Sequence[np.ndarray],
   for layer, weights in enumerate(attentions):
     grid, factor = layer_grid(np.shape(weights)[-1], num_prefix, grid_shape)
     for head, head_map in enumerate(head_maps(weights, grid, num_prefix)):
-      tiles[layer, head] = plotting.upsample(plotting.normalize(head_map), factor, grid_shape)
+      tiles[layer, head] = plotting.upsample(plotting.normalize(head_map),
+                                             factor, grid_shape)
   cmap = matplotlib.colormaps['inferno'].with_extremes(bad='white')
   rows, cols = tiles.shape[:2]
   figure = plotting.new_figure(3.2 + 0.5 * cols, max(2.6, 1.0 + 0.5 * rows))
@@ -330,7 +331,12 @@ def attention_maps_figure(image: np.ndarray, attentions: Sequence[np.ndarray],
   image_axes.imshow(plotting.to_display(image))
   image_axes.set_title('input', fontsize=8)
   plotting.hide_ticks(image_axes)
-  maps_axes.imshow(plotting.mosaic(tiles), cmap=cmap, interpolation='nearest')
+  shown = maps_axes.imshow(plotting.mosaic(tiles), cmap=cmap, vmin=0, vmax=1,
+                           interpolation='nearest')
+  colorbar = figure.colorbar(shown, ax=maps_axes, fraction=0.046, pad=0.04)
+  colorbar.set_label('attention, each map scaled to its own min-max',
+                     fontsize=7)
+  colorbar.ax.tick_params(labelsize=6)
   height, width = grid_shape
   maps_axes.set_xticks([(width + 1) * c + (width - 1) / 2 for c in range(cols)],
                        [str(c) for c in range(cols)], fontsize=7)
@@ -358,20 +364,24 @@ def attention_rollout_figure(image: np.ndarray,
                               num_prefix)
   relevance = plotting.normalize(relevance)
   height, width = np.shape(image)[:2]
-  figure = plotting.new_figure(7.5, 2.8)
+  figure = plotting.new_figure(8.2, 2.8)
   axes = figure.subplots(1, 3)
   axes[0].imshow(plotting.to_display(image))
   axes[0].set_title('input', fontsize=9)
-  axes[1].imshow(relevance, cmap='inferno', interpolation='nearest')
+  shown = axes[1].imshow(relevance, cmap='inferno', vmin=0, vmax=1,
+                         interpolation='nearest')
   axes[1].set_title('attention rollout', fontsize=9)
+  colorbar = figure.colorbar(shown, ax=axes[1:], fraction=0.046, pad=0.04)
+  colorbar.set_label('relevance, scaled to its min-max', fontsize=7)
+  colorbar.ax.tick_params(labelsize=6)
   axes[2].imshow(plotting.to_display(image))
-  axes[2].imshow(relevance, cmap='inferno', alpha=0.6, interpolation='bilinear',
+  axes[2].imshow(relevance, cmap='inferno', alpha=0.6, vmin=0, vmax=1,
+                 interpolation='bilinear',
                  extent=(-0.5, width - 0.5, height - 0.5, -0.5))
   axes[2].set_title('overlay: class-token row' if num_prefix else
                     'overlay: mean of patch rows (gap)', fontsize=9)
   for a in axes:
     plotting.hide_ticks(a)
-  figure.tight_layout()
   return plotting.figure_to_array(figure)
 
 
@@ -438,11 +448,17 @@ def attention_distance_figure(distances: Sequence[np.ndarray]) -> np.ndarray:
     distances: per layer, a (heads,) array (`mean_attention_distance`).
   """
   _require_attentions(distances)
-  figure = plotting.new_figure(4.5, 3.5)
+  figure = plotting.new_figure(5.4, 3.5)
   axes = figure.subplots()
-  for layer, heads in enumerate(distances):
-    axes.scatter(np.full(len(heads), layer), heads, c=np.arange(len(heads)),
-                 cmap='tab20', s=14, vmin=0, vmax=19)
+  num_heads = max(len(heads) for heads in distances)
+  colours = matplotlib.colormaps['tab20']
+  for head in range(num_heads):
+    layers = [layer for layer, heads in enumerate(distances)
+              if head < len(heads)]
+    axes.scatter(layers, [distances[layer][head] for layer in layers],
+                 color=colours(head % 20), s=14, label=f'head {head}')
+  axes.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.0, 0.5),
+              ncol=1 + num_heads // 16, frameon=False)
   axes.set_xlabel('network depth (layer)', fontsize=9)
   axes.set_ylabel('mean attention distance (pixels)', fontsize=9)
   axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
