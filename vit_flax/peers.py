@@ -62,6 +62,7 @@ from absl import flags
 import numpy as np
 
 from vit_flax import errors
+from vit_flax import step_profile
 
 # Learning-rate schedule of every peer that has one (vit_jax's defaults).
 BASE_LR = 0.03
@@ -115,6 +116,8 @@ class PeerRun:
   loss: Callable[[], float]
   num_params: int
   notes: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  # () -> ms per kind of op of one step (`step_profile`); None: not offered.
+  profile: Optional[Callable[[], Dict[str, float]]] = None
 
 
 def parse_row(spec: str) -> Row:
@@ -260,11 +263,27 @@ def build_vit_flax(row: Row, batch: Batch, options: Dict[str, str],
       holder['state'], holder['metrics'] = compiled(holder['state'], data)
     jax.block_until_ready(holder['metrics'])
 
+  def profile():
+    # A second executable, with a trace event per thunk; the timed one
+    # runs without them.
+    traced = step.lower(holder['state'], data).compile(
+        dict(compiler_options, xla_cpu_enable_xprof_traceme=True))
+    hlo_text = traced.as_text()
+
+    def traced_steps(n):
+      for _ in range(n):
+        holder['state'], holder['metrics'] = traced(holder['state'], data)
+      jax.block_until_ready(holder['metrics'])
+
+    traced_steps(1)
+    return step_profile.jax_breakdown(lambda: traced_steps(1), hlo_text,
+                                      os.cpu_count())
+
   return PeerRun(
       run_steps=run_steps,
       loss=lambda: float(holder['metrics']['loss']),
       num_params=sum(x.size for x in jax.tree.leaves(state.params)),
-      notes={'compiled': compiled, 'optim_dtype': config.optim_dtype})
+      notes={'optim_dtype': config.optim_dtype}, profile=profile)
 
 
 def vit_jax_update_fn(*, apply_fn, tx):
@@ -373,9 +392,26 @@ def build_vit_jax(row: Row, batch: Batch, options: Dict[str, str],
     holder.update(state=(params, opt_state), rng=rng, loss=loss)
     jax.block_until_ready(loss)
 
+  def profile():
+    params, opt_state = holder['state']
+    traced = update_fn.lower(params, opt_state, data, holder['rng']).compile(
+        {'xla_cpu_enable_xprof_traceme': True})
+
+    def traced_step():
+      params, opt_state = holder['state']
+      params, opt_state, loss, rng = traced(params, opt_state, data,
+                                            holder['rng'])
+      holder.update(state=(params, opt_state), rng=rng, loss=loss)
+      jax.block_until_ready(loss)
+
+    traced_step()
+    return step_profile.jax_breakdown(traced_step, traced.as_text(),
+                                      os.cpu_count())
+
   return PeerRun(run_steps=run_steps,
                  loss=lambda: float(holder['loss'][0]),
-                 num_params=num_params, notes={'update_fn': source})
+                 num_params=num_params, notes={'update_fn': source},
+                 profile=profile)
 
 
 def _define_missing_torchvision_ops(torch):
@@ -460,8 +496,9 @@ def build_timm(row: Row, batch: Batch, options: Dict[str, str],
     optimizer.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(forward(images), labels)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(parameters, GRAD_NORM_CLIP)
-    optimizer.step()
+    with torch.profiler.record_function(step_profile.OPTIMIZER_RANGE):
+      torch.nn.utils.clip_grad_norm_(parameters, GRAD_NORM_CLIP)
+      optimizer.step()
     return loss
 
   def run_steps(n):
@@ -474,12 +511,16 @@ def build_timm(row: Row, batch: Batch, options: Dict[str, str],
     except Exception as e:  # pylint: disable=broad-except
       raise PeerUnavailable(
           f'torch.compile failed: {type(e).__name__}: {e}') from e
+  def profile():
+    return step_profile.torch_breakdown(step, threads)
+
   return PeerRun(
       run_steps=run_steps, loss=lambda: holder['loss'].item(),
       num_params=sum(p.numel() for p in parameters),
       notes={'threads': threads, 'torch_version': torch.__version__,
-             'timm_version': timm.__version__,
-             'momentum_dtype': 'float32', 'step_fn': step})
+             'timm_version': timm.__version__, 'momentum_dtype': 'float32'},
+      # Compiled graphs show as one opaque op each.
+      profile=None if compile_model else profile)
 
 
 BUILDERS = {
@@ -526,9 +567,10 @@ def summarize(row: Row, seconds: Dict[str, List[float]]
 
 def measure_row(row: Row, peers: Sequence[str], rounds: int, steps: int,
                 warmup: int, builders=None, clock=time.perf_counter,
-                **build_kwargs) -> Dict[str, Any]:
+                profile: bool = False, **build_kwargs) -> Dict[str, Any]:
   """Builds each peer of `peers` for `row`, warms it up, then times all in
-  alternating rounds. Unavailable peers are listed with the reason."""
+  alternating rounds, then (if `profile`) profiles one step of each.
+  Unavailable peers are listed with the reason."""
   builders = BUILDERS if builders is None else builders
   batch = synthetic_batch(row)
   runs, results = {}, {}
@@ -553,6 +595,9 @@ def measure_row(row: Row, peers: Sequence[str], rounds: int, steps: int,
         clock))
     for spec, run in runs.items():
       results[spec].update(timings[spec], loss=run.loss())
+  for spec, run in runs.items():
+    if profile and run.profile:
+      results[spec]['profile_ms'] = run.profile()
   return {'row': dataclasses.asdict(row), 'peers': results,
           'reference': next(iter(runs), None)}
 
@@ -570,7 +615,8 @@ def host_description() -> Dict[str, Any]:
 
 def run(rows: Sequence[Row], peers: Sequence[str], rounds: int = 5,
         steps: int = 5, warmup: int = 2, builders=None,
-        clock=time.perf_counter, **build_kwargs) -> Dict[str, Any]:
+        clock=time.perf_counter, profile: bool = False,
+        **build_kwargs) -> Dict[str, Any]:
   """Every row measured with every peer; one dict of figures."""
   for name, value in (('rounds', rounds), ('steps', steps)):
     if value < 1:
@@ -584,7 +630,8 @@ def run(rows: Sequence[Row], peers: Sequence[str], rounds: int = 5,
              'warmup': warmup, 'rows': []}
   for row in rows:
     results['rows'].append(measure_row(row, peers, rounds, steps, warmup,
-                                       builders, clock, **build_kwargs))
+                                       builders, clock, profile,
+                                       **build_kwargs))
     gc.collect()  # Frees the row's peers before the next row is built.
   results['host']['load_average_1min_end'] = os.getloadavg()[0]
   return results
@@ -616,6 +663,9 @@ def table(results: Dict[str, Any]) -> str:
           f'{figures["reference_speedup_fastest"]:.3f}, '
           f'{figures["reference_speedup_median"]:.3f}'
           f'  ({figures["num_params"]:,} params)')
+      if 'profile_ms' in figures:
+        lines.append('      ms of one step: ' + ', '.join(
+            f'{kind} {ms:.3g}' for kind, ms in figures['profile_ms'].items()))
   return '\n'.join(lines)
 
 
@@ -634,6 +684,8 @@ def define_flags():
   flags.DEFINE_string('xla_flags', None, 'Appended to XLA_FLAGS, for every '
                       'JAX peer.')
   flags.DEFINE_string('json_out', None, 'Also write the JSON figures here.')
+  flags.DEFINE_bool('profile', False, 'After the timed rounds, profile one '
+                    'step of each peer: ms per kind of op (step_profile).')
 
 
 def main(argv):
@@ -645,7 +697,8 @@ def main(argv):
   try:
     rows = [parse_row(spec) for spec in FLAGS.row]
     results = run(rows, FLAGS.peers, rounds=FLAGS.rounds, steps=FLAGS.steps,
-                  warmup=FLAGS.warmup, vit_jax_path=FLAGS.vit_jax_path)
+                  warmup=FLAGS.warmup, profile=FLAGS.profile,
+                  vit_jax_path=FLAGS.vit_jax_path)
   except errors.UserError as e:
     sys.exit(f'Error: {e}')
   line = json.dumps(results, sort_keys=True)
