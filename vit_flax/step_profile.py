@@ -29,8 +29,10 @@ KINDS = ('matmul', 'attention', 'layer_norm', 'gelu', 'optimizer', 'copy',
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%([\w.-]+) = .*? ([a-z][\w-]*)\((.*)$', re.M)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_PROJECTION = re.compile(r'MultiHeadDotProductAttention_1/(query|key|value|'
-                         r'out)/')
+# The q, k, v and out projections: dense layers (official names end in _1;
+# flax's automatic ones, e.g. the official code's under today's flax, in _0).
+_PROJECTION = re.compile(
+    r'MultiHeadDotProductAttention(_\d+)?/(query|key|value|out)/')
 # Events of the XLA:CPU runtime that enclose thunks rather than run one.
 _ENCLOSING_EVENTS = ('ThunkExecutor', 'ThreadpoolListener', 'end: ')
 
