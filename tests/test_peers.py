@@ -17,7 +17,8 @@ from vit_flax import errors
 from vit_flax import peers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_ROW = 'quickstart:image_size=8,patch=4,width=16,depth=1,heads=2,mlp=32,batch=4'
+TINY_ROW = ('quickstart:image_size=8,patch=4,width=16,depth=1,heads=2,mlp=32,'
+            'batch=4')
 
 
 class FakeClock:
