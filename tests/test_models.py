@@ -12,6 +12,7 @@ import scipy.ndimage
 
 from helpers import tiny_model_config
 from vit_flax import checkpoint
+from vit_flax import errors
 from vit_flax import model_configs
 from vit_flax import model_stats
 from vit_flax import models
@@ -152,21 +153,171 @@ def test_locality_adds_only_a_depthwise_conv():
   assert local[added[1]] == (3, 3, 1, 32)  # depthwise over mlp_dim
 
 
-@pytest.mark.parametrize('strides,channels,features',
-                         [(1, 4, 4), (2, 4, 4), (2, 4, 12), (1, 3, 6)])
-def test_depthwise_conv_equals_grouped_conv(strides, channels, features):
-  grid = jax.random.normal(jax.random.key(0), (2, 6, 4, channels))
-  conv = models.DepthwiseConv(features, strides=strides)
-  params = conv.init(jax.random.key(1), grid)
-  params = jax.tree.map(
-      lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+# (strides, channels, features, grid): channel multipliers > 1 and strides 2
+# are those of the staged ViT's pooling transitions; (5, 7) has odd sides.
+DEPTHWISE_CASES = [(1, 4, 4, (6, 4)), (2, 4, 4, (6, 4)), (2, 4, 12, (6, 4)),
+                   (1, 3, 6, (6, 4)), (2, 3, 6, (5, 7)), (1, 2, 2, (1, 3))]
+
+
+def random_depthwise_case(strides, channels, features, grid_shape, batch=2):
+  """(grid, params, out cotangent) with every parameter random."""
+  grid = jax.random.normal(jax.random.key(0), (batch, *grid_shape, channels))
+  params = {'params': {
+      'kernel': jax.random.normal(jax.random.key(1), (3, 3, 1, features)),
+      'bias': jax.random.normal(jax.random.key(2), (features,))}}
+  out_shape = [(n - 1) // strides + 1 for n in grid_shape]
+  d_out = jax.random.normal(jax.random.key(3), (batch, *out_shape, features))
+  return grid, params, d_out
+
+
+def value_and_grads(apply, params, grid, d_out):
+  """apply(params, grid) and its gradients for `d_out`, in one jit."""
+  @jax.jit
+  def run(params, grid, d_out):
+    out, vjp = jax.vjp(apply, params, grid)
+    return out, vjp(d_out)
+  return run(params, grid, d_out)
+
+
+@pytest.mark.parametrize('strides,channels,features,grid_shape',
+                         DEPTHWISE_CASES)
+def test_depthwise_conv_equals_grouped_conv(strides, channels, features,
+                                            grid_shape):
+  grid, params, d_out = random_depthwise_case(strides, channels, features,
+                                              grid_shape)
   grouped = flax.linen.Conv(features, (3, 3), strides=(strides, strides),
                             padding=((1, 1), (1, 1)),
                             feature_group_count=channels)
-  expected = grouped.apply(params, grid)
-  assert expected.shape == (2, 6 // strides, 4 // strides, features)
-  np.testing.assert_allclose(conv.apply(params, grid), expected, atol=1e-5,
-                             rtol=1e-5)
+  expected, expected_grads = value_and_grads(grouped.apply, params, grid,
+                                             d_out)
+  assert expected.shape == d_out.shape
+  for impl in ('slices', 'grouped'):
+    conv = models.DepthwiseConv(features, strides=strides, impl=impl)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(
+        conv.init, jax.random.key(4), grid)) == (
+            jax.tree.map(jnp.shape, params))
+    out, grads = value_and_grads(conv.apply, params, grid, d_out)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    for grad, expected_grad in zip(jax.tree.leaves(grads),
+                                   jax.tree.leaves(expected_grads)):
+      np.testing.assert_allclose(grad, expected_grad, atol=1e-4, rtol=1e-5)
+
+
+def padded_taps_conv(grid, kernel, strides):
+  """The depthwise conv as nine strided slices of the padded grid (channel
+  multipliers by repeating the input), for JAX to differentiate."""
+  padded = jnp.pad(grid, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out_h, out_w = ((n - 1) // strides + 1 for n in grid.shape[1:3])
+  multiplier = kernel.shape[-1] // grid.shape[-1]
+  out = 0
+  for i in range(3):
+    for j in range(3):
+      tap = padded[:, i:i + strides * (out_h - 1) + 1:strides,
+                   j:j + strides * (out_w - 1) + 1:strides]
+      out = out + jnp.repeat(tap, multiplier, axis=-1) * kernel[i, j, 0]
+  return out
+
+
+@pytest.mark.parametrize('chunk_bytes', [None, 1])
+@pytest.mark.parametrize('strides,channels,features,grid_shape',
+                         DEPTHWISE_CASES)
+def test_depthwise_slices_backward_equals_autodiff(
+    monkeypatch, chunk_bytes, strides, channels, features, grid_shape):
+  grid, params, d_out = random_depthwise_case(strides, channels, features,
+                                              grid_shape, batch=4)
+  kernel = params['params']['kernel']
+  if chunk_bytes:  # One image per step of the kernel gradient's loop.
+    monkeypatch.setattr(models, 'KERNEL_GRAD_CHUNK_BYTES', chunk_bytes)
+  assert models._kernel_grad_chunk(grid) == (1 if chunk_bytes else 4)
+  out, grads = value_and_grads(
+      lambda k, g: models.depthwise_conv_slices(g, k, strides), kernel, grid,
+      d_out)
+  expected, expected_grads = value_and_grads(
+      lambda k, g: padded_taps_conv(g, k, strides), kernel, grid, d_out)
+  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  for grad, expected_grad in zip(grads, expected_grads):
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-4, rtol=1e-5)
+
+
+def test_depthwise_slices_keep_the_dtype_and_sum_in_float32():
+  grid, params, d_out = random_depthwise_case(1, 8, 8, (8, 8), batch=8)
+  kernel = params['params']['kernel']
+
+  def grads(dtype):
+    return value_and_grads(models.depthwise_conv_slices, grid.astype(dtype),
+                           kernel.astype(dtype), d_out.astype(dtype))[1]
+
+  low, exact = grads(jnp.bfloat16), grads(jnp.float32)
+  assert [g.dtype for g in low] == [jnp.bfloat16, jnp.bfloat16]
+  for grad, expected in zip(low, exact):  # bfloat16 inputs: 3 digits.
+    np.testing.assert_allclose(grad.astype(jnp.float32), expected,
+                               rtol=0.05, atol=0.05 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('backend,impl', [('cpu', 'slices'), ('gpu', 'grouped'),
+                                          ('tpu', 'grouped')])
+def test_depthwise_conv_default_is_chosen_by_backend(monkeypatch, backend,
+                                                     impl):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert models.default_depthwise_impl() == impl
+  grid = jnp.ones((1, 4, 4, 2))
+  conv = models.DepthwiseConv(2)
+  params = conv.init(jax.random.key(0), grid)
+  jaxpr = str(jax.make_jaxpr(conv.apply)(params, grid))
+  assert ('conv_general_dilated' in jaxpr) == (impl == 'grouped')
+
+
+def test_unknown_depthwise_impl_is_a_clear_error():
+  conv = models.DepthwiseConv(4, impl='cudnn')
+  with pytest.raises(errors.ConfigError, match="impl 'cudnn'.*'grouped'"):
+    conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
+
+
+def test_locality_mlp_is_conv_then_gelu_of_the_grid():
+  mlp = models.MlpBlock(mlp_dim=8, dropout_rate=0.0, locality=True)
+  tokens = jax.random.normal(jax.random.key(0), (2, 1 + 12, 4))  # cls + 3x4
+  params = jax.eval_shape(functools.partial(
+      mlp.init, deterministic=True, grid_shape=(3, 4)), jax.random.key(1),
+                          tokens)
+  params = jax.tree.map(  # All random, the biases too.
+      lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+
+  @jax.jit
+  def out_and_expected(params, tokens):
+    out = mlp.apply(params, tokens, deterministic=True, grid_shape=(3, 4))
+    p = params['params']
+    hidden = flax.linen.gelu(tokens @ p['Dense_0']['kernel']
+                             + p['Dense_0']['bias'])
+    grid = flax.linen.Conv(8, (3, 3), padding=1, feature_group_count=8).apply(
+        {'params': p['locality_conv']}, hidden[:, 1:].reshape(2, 3, 4, 8))
+    hidden = jnp.concatenate(
+        [hidden[:, :1], flax.linen.gelu(grid).reshape(2, 12, 8)], axis=1)
+    return out, hidden @ p['Dense_1']['kernel'] + p['Dense_1']['bias']
+
+  out, expected = out_and_expected(params, tokens)
+  np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def train_step_temp_bytes(config, batch=8, image_size=32):
+  """XLA's scratch memory for the gradient of a batch (buffers kept for the
+  backward pass included)."""
+  model = models.VisionTransformer(num_classes=5, **config)
+  images = jnp.zeros((batch, image_size, image_size, 3))
+  params = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.key(0), images[:1])
+  grad = jax.jit(jax.grad(lambda p, x: model.apply(p, x, train=False).sum()))
+  return grad.lower(params, images).compile().memory_analysis(
+  ).temp_size_in_bytes
+
+
+def test_locality_backward_keeps_little_more_than_without():
+  # Each conv keeps its input for the backward pass (one grid per block);
+  # its nine taps or a padded copy of the grid kept as well would bring
+  # the ratio to ~1.9.
+  config = tiny_model_config(hidden_size=32, num_layers=4)  # 8x8 grid
+  with_locality = train_step_temp_bytes(tiny_model_config(
+      hidden_size=32, num_layers=4, locality=True))
+  assert with_locality < 1.5 * train_step_temp_bytes(config)
 
 
 @pytest.mark.parametrize('locality', [False, True])
