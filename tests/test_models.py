@@ -11,6 +11,7 @@ import pytest
 import scipy.ndimage
 
 from helpers import tiny_model_config
+from helpers import train_losses
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import model_configs
@@ -719,3 +720,14 @@ def test_bad_small_data_options_are_clear_errors_before_any_work(overrides,
   # 18px does not fit the 4px patches: the option's error comes first.
   with pytest.raises(errors.ConfigError, match=match):
     init(config, image_size=18)
+
+
+def test_the_train_step_trains_a_model_with_every_option_on():
+  config = small_data_config(
+      {'attention': 'lsa', 'stochastic_depth': 0.1, 'dropout_rate': 0.1},
+      classifier='token_distill', patch_embedding='spt', posemb='sincos2d')
+  images = images_of(batch=16, seed=5)
+  labels = jnp.arange(16) % 4
+  losses = train_losses('vit', config, images, labels, 4, steps=12)
+  assert losses[0] == pytest.approx(np.log(4), rel=1e-3)  # Zero heads.
+  assert losses[-1] < 0.5 * losses[0]
