@@ -370,7 +370,8 @@ def locality_attention(query, key, value, mask=None, dropout_rng=None,
                        temperature, implementation):
   """Locality Self-Attention's attention (LSA, arXiv 2112.13492).
 
-  Logits q.k / `temperature` (a learned scalar) with the diagonal masked out
+  Logits q.k / `temperature` (the paper's learned scalar per layer; the
+  authors' code learns a multiplier per head) with the diagonal masked out
   before the softmax, so no token attends to itself. `implementation`:
   'flax' (`nn.dot_product_attention`, which sows the weights for `module`),
   None (`einsum_attention`), or 'xla' / 'auto' (`fused_attention`; cuDNN is
