@@ -35,7 +35,7 @@ def write_official_npz(path, params):
 def random_params(params, seed=1):
   rng = np.random.RandomState(seed)
   return jax.tree.map(
-      lambda p: rng.randn(*p.shape).astype(p.dtype), params)
+      lambda p: np.asarray(rng.randn(*p.shape), p.dtype), params)
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
@@ -224,3 +224,136 @@ def test_load_params_checks_shapes(tmp_path):
   _, narrow = init(tiny_model_config(hidden_size=16))
   with pytest.raises(errors.CheckpointError, match='other shapes'):
     checkpoint.load_params(tmp_path / 'wide.npz', init_params=narrow)
+
+
+# Distillation tokens, LSA temperatures and fixed position embeddings.
+
+
+def distill_config(**overrides):
+  return tiny_model_config(classifier='token_distill', **overrides)
+
+
+def test_interpolate_posembed_keeps_two_prefix_rows():
+  posemb = np.arange(2 + 4, dtype=np.float32).reshape(1, 6, 1)  # 2 + 2x2
+  out = checkpoint.interpolate_posembed(posemb, 11, num_prefix_tokens=2)
+  assert out.shape == (1, 11, 1)
+  np.testing.assert_array_equal(out[0, :2, 0], [0, 1])
+  np.testing.assert_allclose(out[0, 2:, 0].reshape(3, 3),
+                             [[2, 2.5, 3], [3, 3.5, 4], [4, 4.5, 5]])
+  with pytest.raises(TypeError, match='exactly one of'):
+    checkpoint.interpolate_posembed(posemb, 11)
+  with pytest.raises(TypeError, match='exactly one of'):
+    checkpoint.interpolate_posembed(posemb, 11, True, 2)
+
+
+@pytest.mark.parametrize('overrides', [
+    {'classifier': 'token_distill'},
+    {'patch_embedding': 'spt', 'posemb': 'sincos2d'},
+])
+def test_npz_round_trip_of_the_small_data_options(tmp_path, overrides):
+  config = tiny_model_config(**overrides)
+  config.transformer.attention = 'lsa'  # A scalar parameter per block.
+  model, params = init(config)
+  params = random_params(params)
+  checkpoint.save(params, tmp_path / 'model.npz')
+  loaded = checkpoint.load(tmp_path / 'model.npz')
+  assert flat(loaded).keys() == flat(params).keys()
+  assert flat(loaded)['Transformer/encoderblock_0/lsa_temperature'].shape == ()
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  outputs = dict(distill_outputs=True) if 'classifier' in overrides else {}
+  np.testing.assert_array_equal(
+      model.apply({'params': loaded}, x, train=False, **outputs),
+      model.apply({'params': params}, x, train=False, **outputs))
+
+
+def test_load_pretrained_distilled_model_at_another_resolution(tmp_path):
+  config = distill_config()
+  _, pretrained = init(config, image_size=16)
+  pretrained = random_params(pretrained)
+  checkpoint.save(pretrained, tmp_path / 'deit.npz')
+  _, init_params = init(config, image_size=32, num_classes=3, seed=1)
+  restored = flat(checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'deit.npz', init_params=init_params,
+      model_config=config))
+  old, fresh = flat(pretrained), flat(init_params)
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  assert restored[posemb].shape == (1, 2 + 64, 16)
+  np.testing.assert_array_equal(restored[posemb][:, :2], old[posemb][:, :2])
+  np.testing.assert_allclose(
+      restored[posemb], checkpoint.interpolate_posembed(
+          old[posemb], 66, num_prefix_tokens=2), rtol=1e-6)
+  np.testing.assert_array_equal(restored['dist'], old['dist'])
+  for head in ('head', 'head_dist'):  # New task, new heads.
+    np.testing.assert_array_equal(restored[f'{head}/kernel'],
+                                  fresh[f'{head}/kernel'])
+
+
+def test_load_pretrained_keep_head_keeps_both_heads(tmp_path):
+  config = distill_config()
+  _, pretrained = init(config)
+  pretrained = random_params(pretrained)
+  checkpoint.save(pretrained, tmp_path / 'deit.npz')
+  _, init_params = init(config, seed=1)
+  restored = flat(checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'deit.npz', init_params=init_params,
+      model_config=config, keep_head=True))
+  for key, value in flat(pretrained).items():
+    np.testing.assert_array_equal(restored[key], value)
+
+
+def test_token_checkpoint_into_a_distilled_model_starts_dist_fresh(tmp_path):
+  _, pretrained = init(tiny_model_config())
+  pretrained = random_params(pretrained)
+  write_official_npz(tmp_path / 'vit.npz', pretrained)
+  config = distill_config()
+  _, init_params = init(config, seed=1)
+  restored = flat(checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'vit.npz', init_params=init_params,
+      model_config=config))
+  old, fresh = flat(pretrained), flat(init_params)
+  assert {k: v.shape for k, v in restored.items()} == {
+      k: v.shape for k, v in fresh.items()}
+  for key in ('dist', 'head_dist/kernel', 'head_dist/bias', 'head/kernel'):
+    np.testing.assert_array_equal(restored[key], fresh[key])
+  np.testing.assert_array_equal(restored['cls'], old['cls'])
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  np.testing.assert_array_equal(restored[posemb][:, 0], old[posemb][:, 0])
+  np.testing.assert_array_equal(restored[posemb][:, 1], fresh[posemb][:, 1])
+  np.testing.assert_array_equal(restored[posemb][:, 2:], old[posemb][:, 1:])
+  np.testing.assert_array_equal(
+      restored['Transformer/encoder_norm/scale'],
+      old['Transformer/encoder_norm/scale'])
+
+
+def test_distilled_checkpoint_into_a_token_model_drops_dist(tmp_path):
+  _, pretrained = init(distill_config())
+  pretrained = random_params(pretrained)
+  checkpoint.save(pretrained, tmp_path / 'deit.npz')
+  config = tiny_model_config()
+  _, init_params = init(config, image_size=24, seed=1)
+  restored = flat(checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'deit.npz', init_params=init_params,
+      model_config=config))
+  assert 'dist' not in restored and 'head_dist/kernel' not in restored
+  old = flat(pretrained)
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  assert restored[posemb].shape == (1, 1 + 36, 16)
+  expected = checkpoint.interpolate_posembed(
+      np.delete(old[posemb], 1, axis=1), 37, has_class_token=True)
+  np.testing.assert_allclose(restored[posemb], expected, rtol=1e-6)
+
+
+def test_sincos_model_saved_and_loaded_at_another_resolution(tmp_path):
+  config = tiny_model_config(posemb='sincos2d')
+  model, params = init(config, image_size=16)
+  params = random_params(params)
+  checkpoint.save(params, tmp_path / 'sincos.npz')
+  _, init_params = init(config, image_size=32, seed=1)
+  restored = checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'sincos.npz', init_params=init_params,
+      model_config=config, keep_head=True)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  logits = model.apply({'params': restored}, x, train=False)
+  np.testing.assert_array_equal(
+      logits, model.apply({'params': params}, x, train=False))
+  assert logits.shape == (2, 5) and np.all(np.isfinite(logits))

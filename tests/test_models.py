@@ -11,6 +11,7 @@ import pytest
 import scipy.ndimage
 
 from helpers import tiny_model_config
+from helpers import train_losses
 from vit_flax import checkpoint
 from vit_flax import errors
 from vit_flax import model_configs
@@ -484,3 +485,399 @@ def test_reduced_preset_alias_is_the_same_model_under_its_old_name():
   assert old.to_dict() == new.to_dict()
   assert (new.patches.size, new.hidden_size, new.transformer.num_layers) == (
       (8, 8), 384, 6)
+
+
+# Small-data options: stochastic depth, SPT, LSA, sincos2d, distillation.
+
+
+def small_data_config(transformer=None, **overrides):
+  config = tiny_model_config(**overrides)
+  config.transformer.update(transformer or {})
+  return config
+
+
+def images_of(batch=2, size=16, seed=2):
+  return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
+
+
+def drop_path_rates_by_block(model, params, images):
+  """{block path: drop-path rate} of the DropPath layers a training pass
+  calls, read with a flax method interceptor."""
+  rates = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, models.DropPath):
+      rates['/'.join(context.module.path[:-1])] = context.module.rate
+    return next_fun(*args, **kwargs)
+
+  with flax.linen.intercept_methods(record):
+    model.apply({'params': params}, images, train=True,
+                rngs={'dropout': jax.random.key(0)})
+  return rates
+
+
+def test_stochastic_depth_zero_equals_the_model_without_it():
+  base = tiny_model_config()
+  base.transformer.dropout_rate = 0.1
+  explicit = small_data_config({'stochastic_depth': 0.0, 'dropout_rate': 0.1})
+  model, params = init(base)
+  params = random_params(params)
+  other, other_params = init(explicit)
+  assert flat_shapes(other_params) == flat_shapes(params)
+  x = images_of()
+  rngs = {'dropout': jax.random.key(4)}
+  np.testing.assert_array_equal(
+      other.apply({'params': params}, x, train=True, rngs=rngs),
+      model.apply({'params': params}, x, train=True, rngs=rngs))
+
+
+def test_stochastic_depth_never_drops_in_evaluation():
+  model, params = init(tiny_model_config())
+  params = random_params(params)
+  dropping = models.VisionTransformer(
+      num_classes=5, **small_data_config({'stochastic_depth': 0.9}))
+  x = images_of()
+  np.testing.assert_array_equal(
+      dropping.apply({'params': params}, x, train=False),
+      model.apply({'params': params}, x, train=False))
+  trained = dropping.apply({'params': params}, x, train=True,
+                           rngs={'dropout': jax.random.key(0)})
+  assert not np.allclose(trained, model.apply({'params': params}, x,
+                                              train=False))
+
+
+def test_drop_path_rates_rise_linearly_from_zero():
+  np.testing.assert_allclose(models.drop_path_rates(0.2, 5),
+                             [0.0, 0.05, 0.1, 0.15, 0.2])
+  assert models.drop_path_rates(0.1, 12)[-1] == 0.1
+  assert models.drop_path_rates(0.3, 1) == (0.0,)
+  config = small_data_config({'stochastic_depth': 0.3, 'num_layers': 3})
+  model, params = init(config)
+  assert drop_path_rates_by_block(model, params, images_of()) == {
+      'Transformer/encoderblock_0': 0.0,
+      'Transformer/encoderblock_1': 0.15,
+      'Transformer/encoderblock_2': 0.3}
+
+
+def test_drop_path_zeroes_whole_examples_at_the_rate():
+  x = jnp.ones((20_000, 3, 2))
+  out = np.asarray(models.drop_path(x, 0.3, jax.random.key(0)))
+  dropped = np.all(out == 0, axis=(1, 2))
+  kept = np.all(out == np.float32(1 / 0.7), axis=(1, 2))
+  assert np.all(dropped | kept)  # Per example: all or nothing.
+  # Binomial standard deviation: sqrt(0.3 * 0.7 / 20000) = 0.0032.
+  assert abs(dropped.mean() - 0.3) < 0.015
+
+
+def test_each_branch_of_each_example_drops_independently():
+  rate, batch = 0.4, 600
+  block = models.Encoder1DBlock(mlp_dim=16, num_heads=2, dropout_rate=0.0,
+                                attention_dropout_rate=0.0,
+                                drop_path_rate=rate)
+  # Every example holds the same tokens: they differ only by what drops.
+  tokens = jnp.broadcast_to(
+      jax.random.normal(jax.random.key(0), (1, 5, 8)), (batch, 5, 8))
+  params = block.init(jax.random.key(1), tokens[:1], True)['params']
+  out = jax.jit(lambda t, r: block.apply(
+      {'params': params}, t, False, rngs={'dropout': r}))(
+          tokens, jax.random.key(2))
+
+  # The two branches by hand, from the block's own layers.
+  layer_norm = lambda name, x: flax.linen.LayerNorm().apply(
+      {'params': params[name]}, x)
+  attention = flax.linen.MultiHeadDotProductAttention(
+      num_heads=2, broadcast_dropout=False)
+  mlp = models.MlpBlock(mlp_dim=16, dropout_rate=0.0)
+  x = tokens[:1]
+  scale = 1 / (1 - rate)
+  candidates = {}
+  for attention_kept in (False, True):
+    y = attention.apply({'params': params['MultiHeadDotProductAttention_1']},
+                        layer_norm('LayerNorm_0', x), layer_norm(
+                            'LayerNorm_0', x))
+    x1 = x + scale * y * attention_kept
+    y = mlp.apply({'params': params['MlpBlock_3']},
+                  layer_norm('LayerNorm_2', x1), deterministic=True)
+    for mlp_kept in (False, True):
+      candidates[attention_kept, mlp_kept] = x1 + scale * y * mlp_kept
+  keys = list(candidates)
+  distances = np.stack([np.abs(out - candidates[k]).max(axis=(1, 2))
+                        for k in keys], axis=-1)
+  assert np.all(distances.min(-1) < 1e-4)  # Each example is one candidate.
+  assert np.all(np.sort(distances, -1)[:, 1] > 1e-2)  # And only one.
+  which = np.array([keys[i] for i in distances.argmin(-1)])
+  attention_dropped, mlp_dropped = ~which[:, 0], ~which[:, 1]
+  # Binomial standard deviations: 0.02 for 0.4, 0.015 for 0.16.
+  assert abs(attention_dropped.mean() - rate) < 0.07
+  assert abs(mlp_dropped.mean() - rate) < 0.07
+  assert abs((attention_dropped & mlp_dropped).mean() - rate**2) < 0.05
+
+
+def test_stochastic_depth_with_remat_gives_the_same_values_and_gradients():
+  x = images_of()
+
+  def value_and_grads(remat):
+    config = small_data_config({'stochastic_depth': 0.5}, remat=remat)
+    model, params = init(config)
+    params = random_params(params)
+    loss = lambda p: jnp.sum(model.apply(
+        {'params': p}, x, train=True,
+        rngs={'dropout': jax.random.key(3)}) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  value, grads = value_and_grads(False)
+  remat_value, remat_grads = value_and_grads(True)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-5)
+  for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+    np.testing.assert_allclose(rg, g, rtol=1e-4, atol=1e-5)
+
+
+def test_diagonal_shifts_translate_by_half_a_patch_with_zero_fill():
+  image = np.arange(1, 4 * 6 + 1, dtype=np.float32).reshape(1, 4, 6, 1)
+  shifted = np.asarray(models.diagonal_shifts(jnp.asarray(image), (1, 2)))
+  assert shifted.shape == (1, 4, 6, 5)
+  np.testing.assert_array_equal(shifted[..., 0], image[..., 0])
+  offsets = [(-1, -2), (-1, 2), (1, -2), (1, 2)]
+  for channel, (di, dj) in enumerate(offsets, 1):
+    for i in range(4):
+      for j in range(6):
+        inside = 0 <= i + di < 4 and 0 <= j + dj < 6
+        expected = image[0, i + di, j + dj, 0] if inside else 0.0
+        assert shifted[0, i, j, channel] == expected, (channel, i, j)
+  # Known pixels: the first copy shows pixel (0, 0) at (1, 2); its top row
+  # and two left columns are zero fill.
+  assert shifted[0, 1, 2, 1] == image[0, 0, 0, 0] == 1
+  assert not np.any(shifted[0, 0, :, 1]) and not np.any(shifted[0, :, :2, 1])
+  assert shifted[0, 2, 3, 4] == image[0, 3, 5, 0]
+
+
+def test_space_to_depth_orders_patches_as_a_conv_kernel():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+  kernel = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+  conv = jax.lax.conv_general_dilated(
+      x, kernel, (4, 4), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  patches = models.space_to_depth(x, (4, 4))
+  assert patches.shape == (2, 2, 3, 48)
+  np.testing.assert_allclose(patches @ kernel.reshape(48, 5), conv,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_patch_tokenization_shapes_and_gradients():
+  config = small_data_config(patch_embedding='spt')
+  model, params = init(config)
+  shapes = flat_shapes(params)
+  assert not any(k.startswith('embedding/') for k in shapes)
+  patch_dim = 4 * 4 * 5 * 3  # 4x4 patches of the image and 4 shifted copies.
+  assert {k: v for k, v in shapes.items() if k.startswith('spt/')} == {
+      'spt/norm/scale': (patch_dim,), 'spt/norm/bias': (patch_dim,),
+      'spt/proj/kernel': (patch_dim, 16), 'spt/proj/bias': (16,)}
+  x = images_of()
+  _, state = model.apply({'params': params}, x, train=False,
+                         capture_intermediates=True, mutable=['intermediates'])
+  assert state['intermediates']['spt']['__call__'][0].shape == (2, 4, 4, 16)
+  params = random_params(params)
+  loss = lambda p: jnp.sum(model.apply({'params': p}, x, train=False) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)['spt']
+  for name, grad in flax.traverse_util.flatten_dict(grads, sep='/').items():
+    assert float(jnp.abs(grad).max()) > 0, name
+
+
+def test_shifted_patch_tokenization_needs_two_pixel_patches():
+  with pytest.raises(errors.ConfigError, match=r'patch size \(1, 1\)'):
+    init(small_data_config(patch_embedding='spt', patch=1), image_size=4)
+
+
+def lsa_reference(q, k, v, temperature, **options):
+  return models.locality_attention(q, k, v, temperature=temperature,
+                                   implementation='flax', **options)
+
+
+@pytest.mark.parametrize('implementation,dropout_rate', [
+    (None, 0.0), (None, 0.3), ('xla', 0.0), ('auto', 0.0)])
+def test_locality_attention_matches_flax_values_and_gradients(
+    implementation, dropout_rate):
+  q, k, v, cotangent = (jax.random.normal(jax.random.key(i), (2, 7, 3, 4))
+                        for i in range(4))
+  temperature = jnp.float32(1.7)
+  options = dict(dropout_rng=jax.random.key(9), dropout_rate=dropout_rate,
+                 broadcast_dropout=False, deterministic=dropout_rate == 0)
+
+  def loss_and_grads(attention):
+    loss = lambda *args: jnp.sum(attention(*args, **options) * cotangent)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(
+        q, k, v, temperature)
+
+  attention = functools.partial(models.locality_attention,
+                                implementation=implementation)
+  value, grads = loss_and_grads(
+      lambda q, k, v, t, **o: attention(q, k, v, temperature=t, **o))
+  flax_value, flax_grads = loss_and_grads(
+      lambda q, k, v, t, **o: lsa_reference(q, k, v, t, **o))
+  np.testing.assert_allclose(value, flax_value, rtol=1e-5)
+  for g, flax_g in zip(grads, flax_grads):
+    np.testing.assert_allclose(g, flax_g, rtol=1e-4, atol=1e-5)
+  assert abs(float(grads[3])) > 1e-4  # The temperature learns.
+  mhsa = jnp.sum(flax.linen.dot_product_attention(q, k, v) * cotangent)
+  assert abs(float(mhsa) - float(value)) > 1e-3
+
+
+def test_lsa_gives_the_diagonal_zero_weight_and_learns_its_temperature():
+  config = small_data_config({'attention': 'lsa'})
+  model, params = init(config)
+  shapes = flat_shapes(params)
+  assert [k for k in shapes if 'lsa' in k] == [
+      f'Transformer/encoderblock_{i}/lsa_temperature' for i in range(2)]
+  temperature = params['Transformer']['encoderblock_0']['lsa_temperature']
+  assert temperature.shape == ()
+  np.testing.assert_allclose(temperature, np.sqrt(8))  # head_dim 16 / 2.
+  params = random_params(params)
+  x = images_of()
+  _, state = jax.jit(functools.partial(
+      model.apply, train=False, sow_weights=True, mutable=['intermediates']))(
+          {'params': params}, x)
+  for _, block in sorted(state['intermediates']['Transformer'].items()):
+    (weights,) = block['MultiHeadDotProductAttention_1']['attention_weights']
+    assert weights.shape == (2, 2, 17, 17)
+    diagonal = np.diagonal(np.asarray(weights), axis1=-2, axis2=-1)
+    assert np.all(diagonal == 0.0)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+  loss = lambda p: jnp.sum(model.apply({'params': p}, x, train=False) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)['Transformer']
+  for i in range(2):
+    assert abs(float(grads[f'encoderblock_{i}']['lsa_temperature'])) > 0
+
+
+def test_lsa_einsum_and_xla_models_agree():
+  x = images_of()
+
+  def value_and_grads(attention_impl):
+    config = small_data_config({'attention': 'lsa'},
+                               attention_impl=attention_impl)
+    model, params = init(config)
+    loss = lambda p: jnp.sum(model.apply({'params': p}, x, train=False) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(random_params(params))
+
+  value, grads = value_and_grads(None)
+  xla_value, xla_grads = value_and_grads('xla')
+  np.testing.assert_allclose(xla_value, value, rtol=1e-5)
+  for g, xg in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads)):
+    np.testing.assert_allclose(xg, g, rtol=1e-4, atol=1e-5)
+
+
+def test_sincos2d_matches_the_closed_form():
+  h, w, width = 2, 3, 8
+  posemb = models.posemb_sincos_2d((h, w), width)
+  assert posemb.shape == (h * w, width) and posemb.dtype == np.float32
+  omega = [1.0, 1.0 / 10_000]  # temperature ** -(k / (width / 4 - 1))
+  for row in range(h):
+    for col in range(w):
+      expected = ([np.sin(col * o) for o in omega] +
+                  [np.cos(col * o) for o in omega] +
+                  [np.sin(row * o) for o in omega] +
+                  [np.cos(row * o) for o in omega])
+      np.testing.assert_allclose(posemb[row * w + col], expected, atol=1e-6)
+
+
+def test_sincos2d_is_not_a_parameter_and_follows_the_input_grid():
+  config = small_data_config(posemb='sincos2d')
+  model, params = init(config)
+  assert not any('posembed' in k for k in flat_shapes(params))
+  tokens = jnp.zeros((1, 1 + 6 * 4, 16))  # A class token and a 6x4 grid.
+  added = np.asarray(models.add_sincos_posemb(tokens, (6, 4)))[0]
+  np.testing.assert_array_equal(added[0], 0.0)
+  np.testing.assert_allclose(added[1:], models.posemb_sincos_2d((6, 4), 16))
+  params = random_params(params)
+  for size in (16, 24, 32):
+    logits = model.apply({'params': params}, images_of(size=size),
+                         train=False)
+    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+
+
+def distill_model(**overrides):
+  config = small_data_config(classifier='token_distill', head_bias_init=-2.0,
+                             **overrides)
+  model, params = init(config)
+  return model, params
+
+
+def test_distillation_token_and_head_names_shapes_and_init():
+  _, params = distill_model()
+  shapes = flat_shapes(params)
+  assert shapes['cls'] == shapes['dist'] == (1, 1, 16)
+  assert shapes['head_dist/kernel'] == shapes['head/kernel'] == (16, 5)
+  assert shapes['head_dist/bias'] == (5,)
+  assert shapes['Transformer/posembed_input/pos_embedding'] == (1, 18, 16)
+  assert not np.any(params['dist'])
+  assert not np.any(params['head_dist']['kernel'])
+  np.testing.assert_array_equal(params['head_dist']['bias'], -2.0)
+  assert models.num_prefix_tokens('token_distill') == 2
+  assert models.num_prefix_tokens('token') == 1
+  assert models.num_prefix_tokens('gap') == 0
+
+
+@pytest.mark.parametrize('representation_size', [None, 6])
+def test_distillation_eval_output_is_the_mean_of_the_two_heads(
+    representation_size):
+  model, params = distill_model(representation_size=representation_size)
+  params = random_params(params)
+  x = images_of()
+  (class_logits, distill_logits), state = jax.jit(functools.partial(
+      model.apply, train=False, distill_outputs=True,
+      capture_intermediates=True, mutable=['intermediates']))(
+          {'params': params}, x)
+  assert class_logits.shape == distill_logits.shape == (2, 5)
+  assert not np.allclose(class_logits, distill_logits)
+  np.testing.assert_allclose(
+      jax.jit(functools.partial(model.apply, train=False))(
+          {'params': params}, x),
+      (class_logits + distill_logits) / 2, rtol=1e-6, atol=1e-6)
+  # Each head reads its own token: the distillation head, the second.
+  (pre_logits,) = state['intermediates']['pre_logits']['__call__']
+  if representation_size:  # Captured before the tanh.
+    pre_logits = jnp.tanh(pre_logits)
+  head = params['head_dist']
+  np.testing.assert_allclose(
+      distill_logits, pre_logits[:, 1] @ head['kernel'] + head['bias'],
+      rtol=1e-5, atol=1e-5)
+
+
+def test_distill_outputs_needs_the_distillation_classifier():
+  model, params = init(tiny_model_config())
+  with pytest.raises(errors.ConfigError, match="classifier='token_distill'"):
+    model.apply({'params': params}, images_of(), train=False,
+                distill_outputs=True)
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'patch_embedding': 'patchify'},
+     r"model.patch_embedding='patchify'.*\('conv', 'spt'\)"),
+    ({'posemb': 'fixed'}, r"model.posemb='fixed'.*'sincos2d'"),
+    ({'transformer': {'attention': 'local'}},
+     r"model.transformer.attention='local'.*\('mhsa', 'lsa'\)"),
+    ({'transformer': {'stochastic_depth': 1.0}},
+     r'stochastic_depth=1.0 must be in \[0, 1\)'),
+    ({'transformer': {'stochastic_depth': -0.1}}, 'stochastic_depth=-0.1'),
+    ({'transformer': {'attention': 'lsa'}, 'attention_impl': 'cudnn'},
+     "attention='lsa' cannot run with attention_impl='cudnn'"),
+    ({'posemb': 'sincos2d', 'hidden_size': 4}, 'multiple of 4 and at least 8'),
+    ({'posemb': 'sincos2d', 'hidden_size': 10}, 'got 10'),
+    ({'classifier': 'distill'}, "classifier 'distill'"),
+])
+def test_bad_small_data_options_are_clear_errors_before_any_work(overrides,
+                                                                 match):
+  transformer = overrides.pop('transformer', None)
+  config = small_data_config(transformer, **overrides)
+  # 18px does not fit the 4px patches: the option's error comes first.
+  with pytest.raises(errors.ConfigError, match=match):
+    init(config, image_size=18)
+
+
+def test_the_train_step_trains_a_model_with_every_option_on():
+  config = small_data_config(
+      {'attention': 'lsa', 'stochastic_depth': 0.1, 'dropout_rate': 0.1},
+      classifier='token_distill', patch_embedding='spt', posemb='sincos2d')
+  images = images_of(batch=16, seed=5)
+  labels = jnp.arange(16) % 4
+  losses = train_losses('vit', config, images, labels, 4, steps=12)
+  assert losses[0] == pytest.approx(np.log(4), rel=1e-3)  # Zero heads.
+  assert losses[-1] < 0.5 * losses[0]

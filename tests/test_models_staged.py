@@ -281,3 +281,87 @@ def test_quickstart_twins_have_matched_parameter_counts():
   # Same data and recipe: only the model differs.
   differs = {k for k in staged.keys() if staged[k] != tower[k]}
   assert differs == {'model', 'model_type'}
+
+
+# Small-data options.
+
+
+def test_stochastic_depth_rises_over_all_blocks_of_all_stages():
+  model, params = init(tiny_config('pool', stochastic_depth=0.2))
+  rates = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, models.DropPath):
+      rates['/'.join(context.module.path[:-1])] = context.module.rate
+    return next_fun(*args, **kwargs)
+
+  images = random_images()
+  with flax.linen.intercept_methods(record):
+    trained = model.apply({'params': params}, images, train=True,
+                          rngs={'dropout': jax.random.key(0)})
+  assert rates == {'Transformer/stage_0/encoderblock_0': 0.0,
+                   'Transformer/stage_1/encoderblock_0': 0.1,
+                   'Transformer/stage_1/encoderblock_1': 0.2}
+  # Evaluation never drops: it equals the model without stochastic depth.
+  plain = models_staged.StagedVisionTransformer(num_classes=5,
+                                                **tiny_config('pool'))
+  np.testing.assert_array_equal(forward(model, params, images),
+                                forward(plain, params, images))
+  assert trained.shape == (2, 5)
+
+
+@pytest.mark.parametrize('overrides,added,removed', [
+    ({'patch_embedding': 'spt'},
+     {'spt/norm/scale': (4 * 4 * 15,), 'spt/proj/kernel': (4 * 4 * 15, 8)},
+     {'embedding/kernel'}),
+    ({'attention': 'lsa'},
+     {'Transformer/stage_1/encoderblock_1/lsa_temperature': ()}, set()),
+    ({'posemb': 'sincos2d'}, {}, {'Transformer/posembed_input/pos_embedding'}),
+    ({'classifier': 'token_distill'},
+     {'dist': (1, 1, 8), 'head_dist/kernel': (16, 5)}, set()),
+])
+def test_small_data_options_add_and_remove_these_params(overrides, added,
+                                                        removed):
+  base_model = model_configs.create_model('staged', tiny_config('pool'), 5)
+  base = flat_shapes(jax.eval_shape(lambda: base_model.init(
+      jax.random.key(0), jnp.ones((1, 16, 16, 3)), train=False))['params'])
+  model, params = init(tiny_config('pool', **overrides))
+  shapes = flat_shapes(params)
+  for name, shape in added.items():
+    assert shapes[name] == shape
+  assert removed <= set(base) and not removed & set(shapes)
+  logits = forward(model, params, random_images())
+  assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+
+
+def test_staged_lsa_masks_the_diagonal_of_every_block():
+  model, params = init(tiny_config('pool', attention='lsa'))
+  blocks = staged_attention.attention_weights(model, params,
+                                              random_images(batch=1))
+  for b in blocks:
+    diagonal = np.diagonal(np.asarray(b.weights), axis1=-2, axis2=-1)
+    assert np.all(diagonal == 0.0), (b.stage, b.block)
+
+
+def test_staged_distillation_eval_is_the_mean_of_the_pair():
+  model, params = init(tiny_config('pool', classifier='token_distill'))
+  params = jax.tree.map(
+      lambda p: p + jax.random.normal(jax.random.key(3), p.shape), params)
+  images = random_images()
+  class_logits, distill_logits = model.apply(
+      {'params': params}, images, train=False, distill_outputs=True)
+  np.testing.assert_allclose(forward(model, params, images),
+                             (class_logits + distill_logits) / 2, rtol=1e-5,
+                             atol=1e-6)
+  assert model.num_prefix_tokens == 2
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'attention': 'local'}, r"model.attention='local'"),
+    ({'patch_embedding': 'linear'}, r"model.patch_embedding='linear'"),
+    ({'posemb': 'none'}, r"model.posemb='none'"),
+    ({'stochastic_depth': 1.5}, r'model.stochastic_depth=1.5'),
+])
+def test_bad_small_data_options_are_clear_errors(overrides, match):
+  with pytest.raises(errors.ConfigError, match=match):
+    init(tiny_config(**overrides))

@@ -12,9 +12,12 @@ import pytest
 import tensorflow as tf
 
 from helpers import NUM_CLASSES
+from helpers import inference_run_config
+from helpers import random_head_params
 from helpers import write_inference_run
 from vit_flax import inference
 from vit_flax import input_pipeline
+from vit_flax import models
 from vit_flax import predict
 from vit_flax import train
 
@@ -152,3 +155,24 @@ def test_cli_predicts_the_good_files_and_exits_nonzero_on_bad_ones(run,
   class_names = inference.dataset_class_names(run.config, NUM_CLASSES)[0]
   assert names and names <= set(class_names)
   assert Image.open(tmp_path / 'grid.png').mode == 'RGB'
+
+
+def test_a_distilled_model_predicts_the_mean_of_its_heads(run):
+  config = inference_run_config()
+  config.model.classifier = 'token_distill'
+  model = models.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
+  params = random_head_params(model, 16)
+  params['head_dist']['kernel'] = np.random.RandomState(2).randn(
+      *params['head_dist']['kernel'].shape).astype(np.float32)
+  loaded = inference.build_inference_model(config, params)
+  predictions = predict.predict_files(loaded, run.images[:3],
+                                      top_k=NUM_CLASSES)
+  images = np.stack([p.image for p in predictions])
+  class_logits, distill_logits = model.apply(
+      {'params': params}, images, train=False, distill_outputs=True)
+  expected = jax.nn.softmax((class_logits + distill_logits) / 2)
+  for row, p in zip(expected, predictions):
+    got = np.zeros(NUM_CLASSES)
+    for index, _, probability in p.classes:
+      got[index] = probability
+    np.testing.assert_allclose(got, row, rtol=1e-5, atol=1e-6)

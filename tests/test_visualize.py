@@ -285,3 +285,61 @@ def test_cli_writes_the_figures_of_an_npz_and_reports_bad_files(tmp_path):
       'cat_embedding_activations.png'])
   image = np.asarray(Image.open(out / 'cat_attention_rollout.png'))
   assert image.ndim == 3 and image.shape[-1] == 3
+
+
+# Models with the small-data options.
+
+
+def small_data_vit(transformer=None, **overrides):
+  config = tiny_model_config(**overrides)
+  config.transformer.update(transformer or {})
+  return (config,) + init(config)
+
+
+ALL_FIGURES = {'attention_maps', 'attention_rollout', 'patch_filters',
+               'posemb_similarity', 'attention_distance',
+               'embedding_activations'}
+
+
+def test_summary_images_of_an_lsa_model():
+  config, model, params = small_data_vit({'attention': 'lsa'})
+  figures = visualize.summary_images(model, params, random_images(2), config)
+  assert set(figures) == ALL_FIGURES
+  probe = visualize.probe(model, params, random_images(1))
+  for weights in probe.attentions:
+    assert np.all(np.diagonal(weights, axis1=-2, axis2=-1) == 0.0)
+
+
+def test_distilled_model_reads_the_class_token_behind_two_prefix_tokens():
+  config, model, params = small_data_vit(classifier='token_distill')
+  images = random_images(2)
+  probe = visualize.probe(model, params, images)
+  assert probe.attentions[0].shape == (2, 2, 18, 18)
+  assert probe.num_prefix('token_distill') == 2
+  one = [a[0] for a in probe.attentions]
+  np.testing.assert_allclose(
+      visualize.head_maps(one[0], (4, 4), 2),
+      np.asarray(one[0])[:, 0, 2:].reshape(2, 4, 4))
+  relevance = visualize.patch_relevance(visualize.attention_rollout(one),
+                                        (4, 4), 2)
+  assert relevance.shape == (4, 4)
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  similarity = visualize.posemb_similarity(posemb, None, 2)
+  assert similarity.shape == (4, 4, 4, 4)
+  figures = visualize.summary_images(model, params, images, config)
+  assert set(figures) == ALL_FIGURES
+
+
+@pytest.mark.parametrize('overrides,skipped,reason', [
+    ({'patch_embedding': 'spt'}, 'patch_filters', 'Shifted Patch'),
+    ({'posemb': 'sincos2d'}, 'posemb_similarity', "posemb='sincos2d'"),
+])
+def test_figures_an_option_lacks_are_skipped_with_the_reason(
+    overrides, skipped, reason):
+  config, model, params = small_data_vit(**overrides)
+  figures, reasons = visualize.build_figures(visualize.param_figures(
+      params, 'token', config.get('posemb', 'learned')))
+  assert set(reasons) == {skipped} and reason in reasons[skipped]
+  summary = visualize.summary_images(model, params, random_images(1), config)
+  assert set(summary) == ALL_FIGURES - {skipped}
+  assert set(figures) | {skipped} == {'patch_filters', 'posemb_similarity'}

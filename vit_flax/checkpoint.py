@@ -140,27 +140,36 @@ def _describe_keys(what: str, keys, limit: int = 8) -> str:
 
 
 def interpolate_posembed(posemb: np.ndarray, num_tokens: int,
-                         has_class_token: bool) -> np.ndarray:
+                         has_class_token: Optional[bool] = None,
+                         num_prefix_tokens: Optional[int] = None
+                         ) -> np.ndarray:
   """Resizes (1, n, d) position embeddings to `num_tokens` tokens.
 
   The square grid is zoomed bilinearly (`scipy.ndimage.zoom`, order 1, as in
-  the official code); the class token embedding is kept as is.
+  the official code); the prefix rows ahead of it are kept as they are.
+  Give the prefix as `num_prefix_tokens` (`models.num_prefix_tokens`: 2 for
+  DeiT's class and distillation tokens) or, as vit_jax does,
+  `has_class_token`.
   """
+  if (has_class_token is None) == (num_prefix_tokens is None):
+    raise TypeError('interpolate_posembed takes exactly one of '
+                    'has_class_token and num_prefix_tokens.')
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise errors.CheckpointError(
         f'Position embeddings must have shape (1, tokens, width), got '
         f'{posemb.shape}.')
-  num_prefix = 1 if has_class_token else 0
+  num_prefix = (int(num_prefix_tokens) if num_prefix_tokens is not None
+                else int(bool(has_class_token)))
   prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
   gs_old = math.isqrt(len(grid))
-  gs_new = math.isqrt(num_tokens - num_prefix)
+  gs_new = math.isqrt(max(num_tokens - num_prefix, 0))
   if gs_old * gs_old != len(grid):
     raise errors.CheckpointError(
         f'Cannot resize position embeddings: {len(grid)} grid tokens '
-        f'({posemb.shape[1]} with {num_prefix} class token) is not a square '
-        'grid. Only square grids can be resized; check the classifier '
-        '(token vs gap) matches the checkpoint.')
+        f'({posemb.shape[1]} with {num_prefix} prefix tokens) is not a '
+        'square grid. Only square grids can be resized; check the classifier '
+        '(token, token_distill or gap) matches the checkpoint.')
   if gs_new * gs_new != num_tokens - num_prefix:
     raise errors.CheckpointError(
         f'Cannot resize position embeddings to {num_tokens} tokens: '
@@ -172,6 +181,31 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int,
   grid = scipy.ndimage.zoom(grid, zoom, order=1)
   grid = grid.reshape(1, gs_new * gs_new, -1)
   return np.concatenate([prefix, grid], axis=1)
+
+
+def checkpoint_prefix_tokens(flat: Mapping[str, Any]) -> int:
+  """Prefix tokens of a checkpoint's model, from its token params."""
+  return sum(1 for name in models.PREFIX_TOKEN_NAMES if name in flat)
+
+
+def adapt_posembed(posemb: np.ndarray, fresh: np.ndarray, num_prefix: int,
+                   new_num_prefix: int) -> np.ndarray:
+  """A checkpoint's position embeddings for a model of another grid or
+  another prefix-token count.
+
+  The grid is resized (`interpolate_posembed`) to that of `fresh`, the
+  model's initial embeddings; the first prefix rows are kept, rows of tokens
+  the checkpoint lacks come from `fresh`, and those the model lacks are
+  dropped (class token kept, distillation token added or removed).
+  """
+  posemb, fresh = np.asarray(posemb), np.asarray(fresh)
+  grid_tokens = fresh.shape[1] - new_num_prefix
+  if posemb.shape[1] - num_prefix != grid_tokens:
+    posemb = interpolate_posembed(posemb, num_prefix + grid_tokens,
+                                  num_prefix_tokens=num_prefix)
+  kept = min(num_prefix, new_num_prefix)
+  return np.concatenate([posemb[:, :kept], fresh[:, kept:new_num_prefix],
+                         posemb[:, num_prefix:]], axis=1)
 
 
 _GROUPNORM = re.compile(r'(^|/)gn(\d+|_root|_proj)/(scale|bias)$')
@@ -200,9 +234,15 @@ def load_pretrained(*, pretrained_path, init_params: Params,
     Params with the structure, shapes and dtypes of `init_params`: the head is
     reset for the new class count, `pre_logits` kept or dropped by
     `representation_size`, and position embeddings resized to the new grid.
+    Between `token` and `token_distill` (DeiT) models, the class token is
+    kept: a model with a distillation token the checkpoint lacks starts
+    `dist`, its position embedding and `head_dist` fresh (as the head), and
+    a checkpoint's distillation token, row and head the model lacks are
+    dropped.
   """
   restored = _fix_groupnorm(flatten(load(pretrained_path)))
   init_flat = flatten(init_params)
+  num_prefix = checkpoint_prefix_tokens(restored)
 
   if model_config.get('representation_size') is None:
     dropped = [k for k in restored if k.startswith('pre_logits/')]
@@ -210,11 +250,18 @@ def load_pretrained(*, pretrained_path, init_params: Params,
       logging.info('load_pretrained: dropping pre_logits (drop-head variant).')
     for k in dropped:
       del restored[k]
+  if 'dist' in restored and 'dist' not in init_flat:
+    dropped = [k for k in restored
+               if k == 'dist' or k.startswith('head_dist/')]
+    logging.info('load_pretrained: the model has no distillation token; '
+                 'dropping %s.', dropped)
+    for k in dropped:
+      del restored[k]
   for k, v in init_flat.items():
-    if k.startswith('head/') and not (
+    if k.startswith(('head/', 'head_dist/')) and not (
         keep_head and np.shape(restored.get(k)) == np.shape(v)):
       restored[k] = v  # New task, new head.
-    elif k.startswith('pre_logits/') and k not in restored:
+    elif (k.startswith('pre_logits/') or k == 'dist') and k not in restored:
       logging.info('load_pretrained: %s not in checkpoint, kept fresh.', k)
       restored[k] = v
 
@@ -222,15 +269,17 @@ def load_pretrained(*, pretrained_path, init_params: Params,
                  expected=init_params)
 
   posemb_key = 'Transformer/posembed_input/pos_embedding'
-  if posemb_key in init_flat and (np.shape(restored[posemb_key])[1] !=
-                                  np.shape(init_flat[posemb_key])[1]):
-    logging.info('load_pretrained: resizing %s from %s to %s', posemb_key,
-                 np.shape(restored[posemb_key]),
-                 np.shape(init_flat[posemb_key]))
-    restored[posemb_key] = interpolate_posembed(
-        restored[posemb_key], num_tokens=init_flat[posemb_key].shape[1],
-        has_class_token=models.num_prefix_tokens(
-            model_config.get('classifier', 'token')) > 0)
+  new_num_prefix = models.num_prefix_tokens(
+      model_config.get('classifier', 'token'))
+  if posemb_key in init_flat and (
+      np.shape(restored[posemb_key])[1] != np.shape(init_flat[posemb_key])[1]
+      or num_prefix != new_num_prefix):
+    logging.info('load_pretrained: resizing %s from %s (%d prefix tokens) to '
+                 '%s (%d)', posemb_key, np.shape(restored[posemb_key]),
+                 num_prefix, np.shape(init_flat[posemb_key]), new_num_prefix)
+    restored[posemb_key] = adapt_posembed(
+        restored[posemb_key], init_flat[posemb_key], num_prefix,
+        new_num_prefix)
 
   check_shapes(restored, init_flat, f'Checkpoint {pretrained_path}')
 

@@ -68,6 +68,11 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.dtype = 'float32'
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
+  # For training from scratch on small data; these values are official.
+  config.transformer.stochastic_depth = 0.0  # Last block's drop-path rate.
+  config.transformer.attention = 'mhsa'  # Or 'lsa'.
+  config.patch_embedding = 'conv'  # Or 'spt'.
+  config.posemb = 'learned'  # Or 'sincos2d'.
   if resnet_layers is not None:
     config.resnet = ml_collections.ConfigDict()
     config.resnet.num_layers = tuple(resnet_layers)
@@ -110,6 +115,10 @@ def staged_config(model_name: str, patch: int,
   config.dtype = 'float32'
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
+  config.stochastic_depth = 0.0  # Drop-path rate of the last block.
+  config.attention = 'mhsa'  # Or 'lsa'.
+  config.patch_embedding = 'conv'  # Or 'spt'.
+  config.posemb = 'learned'  # Or 'sincos2d'.
   return config
 
 

@@ -7,7 +7,12 @@ Optional extras, all off by default so the numerics equal the official model:
 attention; the default, `einsum_attention`, is flax's math with a backward
 pass that XLA:CPU runs faster), `remat` per block, and position embeddings
 resized in-graph when the input grid differs from the stored one
-(resolution curricula).
+(resolution curricula). For training from scratch on small data:
+`transformer.stochastic_depth` (DeiT's drop-path, arXiv 2012.12877),
+`patch_embedding='spt'` and `transformer.attention='lsa'` (Shifted Patch
+Tokenization and Locality Self-Attention, arXiv 2112.13492),
+`posemb='sincos2d'` (fixed 2-D sin-cos position embeddings, as big_vision)
+and `classifier='token_distill'` (DeiT's distillation token and head).
 """
 
 import functools
@@ -26,15 +31,51 @@ Array = Any
 Dtype = Any
 GridShape = Optional[Tuple[int, int]]
 
-CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
-# Classifiers whose token sequence starts with a class token.
-CLASS_TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
+CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled', 'token_distill')
+# Tokens ahead of the patch grid: the class token `cls`, then DeiT's
+# distillation token `dist`; other classifiers have none.
+PREFIX_TOKENS = {'token': 1, 'token_unpooled': 1, 'token_distill': 2}
+PREFIX_TOKEN_NAMES = ('cls', 'dist')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn', 'auto')
+ATTENTIONS = ('mhsa', 'lsa')
+PATCH_EMBEDDINGS = ('conv', 'spt')
+POSEMBS = ('learned', 'sincos2d')
 
 
 def num_prefix_tokens(classifier: str) -> int:
-  """Tokens before the patch grid (the class token) for `classifier`."""
-  return 1 if classifier in CLASS_TOKEN_CLASSIFIERS else 0
+  """Tokens before the patch grid (class, distillation) for `classifier`."""
+  return PREFIX_TOKENS.get(classifier, 0)
+
+
+def check_choice(field: str, value, choices) -> None:
+  """Raises a ConfigError naming `field` unless `value` is in `choices`."""
+  if value not in choices:
+    raise errors.ConfigError(
+        f'Unknown {field}={value!r}; expected one of {choices}.')
+
+
+def check_small_data_options(*, prefix: str, patch_embedding: str,
+                             posemb: str, attention: str,
+                             attention_impl: Optional[str],
+                             stochastic_depth: float) -> None:
+  """Raises a ConfigError on a bad value of the small-data options.
+
+  `prefix` is where the fields live ('model.' or 'model.transformer.'), so
+  the error names them as the config does.
+  """
+  check_choice('model.patch_embedding', patch_embedding, PATCH_EMBEDDINGS)
+  check_choice('model.posemb', posemb, POSEMBS)
+  check_choice(f'{prefix}attention', attention, ATTENTIONS)
+  if not 0.0 <= stochastic_depth < 1.0:
+    raise errors.ConfigError(
+        f'{prefix}stochastic_depth={stochastic_depth} must be in [0, 1): it '
+        'is the drop rate of the last block (DeiT uses 0.1).')
+  if attention == 'lsa' and attention_impl == 'cudnn':
+    # cuDNN takes the diagonal mask only as an additive bias, which in
+    # training needs even token counts (not 1 + 14 * 14); not tested here.
+    raise errors.ConfigError(
+        f"{prefix}attention='lsa' cannot run with attention_impl='cudnn': "
+        "use attention_impl=None (the default), 'xla' or 'auto'.")
 
 
 def linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -292,6 +333,39 @@ def default_depthwise_impl() -> str:
   return 'slices' if jax.default_backend() == 'cpu' else 'grouped'
 
 
+def posemb_sincos_2d(grid_shape: Tuple[int, int], width: int,
+                     temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2-D sin-cos position embeddings, (h * w, width) float32.
+
+  As big_vision's `posemb_sincos_2d` (MoCo v3): row-major over the grid,
+  features [sin(x w), cos(x w), sin(y w), cos(y w)] for x the column and y
+  the row, with frequencies w_k = temperature ** (-k / (width / 4 - 1)).
+  """
+  if width % 4 or width < 8:
+    raise errors.ConfigError(
+        f"posemb='sincos2d' needs a width that is a multiple of 4 and at "
+        f'least 8 (a sin and a cos per axis, two frequencies or more); got '
+        f'{width}.')
+  y, x = np.mgrid[:grid_shape[0], :grid_shape[1]]
+  omega = np.arange(width // 4) / (width // 4 - 1)
+  omega = 1.0 / temperature**omega
+  y = np.einsum('m,d->md', y.ravel(), omega)
+  x = np.einsum('m,d->md', x.ravel(), omega)
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)],
+                        axis=1).astype(np.float32)
+
+
+def add_sincos_posemb(inputs, grid_shape: GridShape):
+  """Adds `posemb_sincos_2d` of the input's grid; prefix tokens get zeros."""
+  if grid_shape is None:
+    raise ValueError("posemb='sincos2d' needs the patch grid shape.")
+  num_prefix = inputs.shape[1] - grid_shape[0] * grid_shape[1]
+  posemb = posemb_sincos_2d(grid_shape, inputs.shape[-1])
+  posemb = np.concatenate(
+      [np.zeros((num_prefix, inputs.shape[-1]), np.float32), posemb])
+  return inputs + jnp.asarray(posemb, inputs.dtype)[None]
+
+
 class DepthwiseConv(nn.Module):
   """3x3 depthwise conv (padding 1) with a channel multiplier.
 
@@ -375,25 +449,35 @@ class MlpBlock(nn.Module):
     return jnp.concatenate([prefix, grid], axis=1)
 
 
-@jax.custom_vjp
-def _heads_first_attention(query, key, value, multiplier):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _heads_first_attention(query, key, value, multiplier, mask_diagonal):
   """softmax(q k^T) v on (batch, heads, tokens, depth) arrays, q pre-scaled;
-  `multiplier` (or None) is the attention dropout's keep mask / keep_prob."""
-  return _heads_first_attention_fwd(query, key, value, multiplier)[0]
+  `multiplier` (or None) is the attention dropout's keep mask / keep_prob;
+  `mask_diagonal` (static) gives each token zero weight on itself."""
+  return _heads_first_attention_fwd(query, key, value, multiplier,
+                                    mask_diagonal)[0]
 
 
-def _heads_first_attention_fwd(query, key, value, multiplier):
-  weights = jax.nn.softmax(jnp.einsum('bhqd,bhkd->bhqk', query, key))
+def _heads_first_attention_fwd(query, key, value, multiplier, mask_diagonal):
+  logits = jnp.einsum('bhqd,bhkd->bhqk', query, key)
+  if mask_diagonal:
+    # As flax masks: the dtype's most negative value, so the weight is 0.
+    off_diagonal = ~jnp.eye(logits.shape[-2], logits.shape[-1], dtype=bool)
+    logits = jnp.where(off_diagonal, logits, jnp.finfo(logits.dtype).min)
+  weights = jax.nn.softmax(logits)
   weights = weights.astype(query.dtype)
   dropped = weights if multiplier is None else weights * multiplier
   out = jnp.einsum('bhqk,bhkd->bhqd', dropped, value)
   return out, (query, key, value, weights, multiplier)
 
 
-def _heads_first_attention_bwd(residuals, d_out):
+def _heads_first_attention_bwd(mask_diagonal, residuals, d_out):
   # Written out because XLA:CPU, left to transpose the forward einsums
   # itself, picks a (depth, tokens) output layout for dK and dV whose
-  # batched matmuls run at ~5 % of the CPU's matmul speed.
+  # batched matmuls run at ~5 % of the CPU's matmul speed. A masked logit
+  # has weight 0, so the softmax's backward below gives it no gradient, as
+  # the mask's own derivative does: `mask_diagonal` needs nothing here.
+  del mask_diagonal
   query, key, value, weights, multiplier = residuals
   dropped = weights if multiplier is None else weights * multiplier
   d_value = jnp.einsum('bhqk,bhqd->bhkd', dropped, d_out)
@@ -414,10 +498,11 @@ _heads_first_attention.defvjp(_heads_first_attention_fwd,
 
 def einsum_attention(query, key, value, mask=None, dropout_rng=None,
                      dropout_rate=0.0, broadcast_dropout=True,
-                     deterministic=False, dtype=None):
+                     deterministic=False, dtype=None, mask_diagonal=False):
   """The math of `nn.dot_product_attention` (same dropout mask for the same
   rng), as batched matmuls over (batch, heads) with a hand-written backward
-  pass; the default attention (`attention_impl=None`)."""
+  pass; the default attention (`attention_impl=None`). `mask_diagonal`
+  masks each token's own key, as LSA does (in place of a `mask`)."""
   if mask is not None:
     raise NotImplementedError('einsum_attention takes no attention mask.')
   dtype = dtype or query.dtype
@@ -434,12 +519,13 @@ def einsum_attention(query, key, value, mask=None, dropout_rng=None,
     keep = jax.random.bernoulli(dropout_rng, keep_prob, mask_shape)
     multiplier = jnp.broadcast_to(
         keep.astype(dtype) / jnp.asarray(keep_prob, dtype), weights_shape)
-  out = _heads_first_attention(query, key, value, multiplier)
+  out = _heads_first_attention(query, key, value, multiplier,
+                               bool(mask_diagonal))
   return jnp.swapaxes(out, -3, -2)
 
 
-def fused_attention(query, key, value, *, implementation, dropout_rate=0.0,
-                    deterministic=True):
+def fused_attention(query, key, value, mask=None, *, implementation,
+                    dropout_rate=0.0, deterministic=True):
   """`jax.nn.dot_product_attention` (cuDNN flash attention on GPUs)."""
   if dropout_rate > 0.0 and not deterministic:
     raise errors.ConfigError(
@@ -447,12 +533,82 @@ def fused_attention(query, key, value, *, implementation, dropout_rate=0.0,
         'transformer.attention_dropout_rate=0 or attention_impl=None.'
         % implementation)
   return jax.nn.dot_product_attention(
-      query, key, value,
+      query, key, value, mask=mask,
       implementation=None if implementation == 'auto' else implementation)
 
 
+def locality_attention(query, key, value, mask=None, dropout_rng=None,
+                       dropout_rate=0.0, broadcast_dropout=True,
+                       deterministic=False, dtype=None, module=None, *,
+                       temperature, implementation):
+  """Locality Self-Attention's attention (LSA, arXiv 2112.13492).
+
+  Logits q.k / `temperature` (the paper's learned scalar per layer; the
+  authors' code learns a multiplier per head) with the diagonal masked out
+  before the softmax, so no token attends to itself. `implementation`:
+  'flax' (`nn.dot_product_attention`, which sows the weights for `module`),
+  None (`einsum_attention`), or 'xla' / 'auto' (`fused_attention`; cuDNN is
+  refused by `check_small_data_options`). The arguments before `module` are
+  those `nn.MultiHeadDotProductAttention` passes.
+  """
+  # Every wrapped function divides the query by sqrt(depth) itself.
+  scale = math.sqrt(query.shape[-1]) / temperature
+  query = query * scale.astype(query.dtype)
+  if implementation is None:
+    return einsum_attention(query, key, value, mask, dropout_rng,
+                            dropout_rate, broadcast_dropout, deterministic,
+                            dtype, mask_diagonal=True)
+  # (batch, heads, queries, keys), broadcast.
+  off_diagonal = ~jnp.eye(query.shape[-3], key.shape[-3], dtype=bool)
+  off_diagonal = off_diagonal[None, None]
+  mask = off_diagonal if mask is None else jnp.logical_and(mask, off_diagonal)
+  if implementation == 'flax':
+    return nn.dot_product_attention(
+        query, key, value, mask=mask, dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+        deterministic=deterministic, dtype=dtype, module=module)
+  return fused_attention(query, key, value, mask, implementation=implementation,
+                         dropout_rate=dropout_rate,
+                         deterministic=deterministic)
+
+
+def drop_path(x, rate: float, rng):
+  """Zeroes each example of `x` with probability `rate` and scales the kept
+  ones by 1 / (1 - rate): stochastic depth of a residual branch."""
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(rng, keep_prob,
+                              (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype),
+                   jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> Tuple[float, ...]:
+  """DeiT's stochastic-depth schedule: 0 at the first block, rising linearly
+  to `rate` at the last."""
+  if num_blocks == 1:
+    return (0.0,)
+  return tuple(rate * (i / (num_blocks - 1)) for i in range(num_blocks))
+
+
+class DropPath(nn.Module):
+  """`drop_path` in training, from the 'dropout' rng stream."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    return drop_path(x, self.rate, self.make_rng('dropout'))
+
+
 class Encoder1DBlock(nn.Module):
-  """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  `drop_path_rate`: stochastic depth, each residual branch of an example
+  dropped with this probability in training. `attention='lsa'`: Locality
+  Self-Attention, with the block's learned `lsa_temperature`.
+  """
 
   mlp_dim: int
   num_heads: int
@@ -461,6 +617,8 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.1
   locality: bool = False
   attention_impl: Optional[str] = None
+  drop_path_rate: float = 0.0
+  attention: str = 'mhsa'
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool, grid_shape: GridShape = None,
@@ -468,6 +626,7 @@ class Encoder1DBlock(nn.Module):
     # Positional arguments so that `nn.remat` can mark them static.
     if inputs.ndim != 3:
       raise ValueError(f'Expected (batch, seq, hidden), got {inputs.shape}.')
+    check_choice('transformer.attention', self.attention, ATTENTIONS)
     if sow_weights:  # Needs flax's version, which sows the weights.
       attention_fn = nn.dot_product_attention
     elif self.attention_impl is None:
@@ -475,6 +634,8 @@ class Encoder1DBlock(nn.Module):
     else:
       attention_fn = functools.partial(fused_attention,
                                        implementation=self.attention_impl)
+    if self.attention == 'lsa':
+      attention_fn = self.locality_attention_fn(inputs, sow_weights)
     # Explicit names: they are those of the released checkpoints, which
     # current flax auto-naming (numbered per type) would not reproduce.
     x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(inputs)
@@ -488,6 +649,7 @@ class Encoder1DBlock(nn.Module):
         name='MultiHeadDotProductAttention_1')(
             x, x, deterministic=deterministic, sow_weights=sow_weights)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = DropPath(self.drop_path_rate)(x, deterministic)
     x = x + inputs
 
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
@@ -495,7 +657,17 @@ class Encoder1DBlock(nn.Module):
                  dropout_rate=self.dropout_rate, locality=self.locality,
                  name='MlpBlock_3')(
                      y, deterministic=deterministic, grid_shape=grid_shape)
+    y = DropPath(self.drop_path_rate)(y, deterministic)
     return x + y
+
+  def locality_attention_fn(self, inputs, sow_weights: bool):
+    """`locality_attention` with this block's temperature parameter."""
+    head_dim = inputs.shape[-1] // self.num_heads
+    temperature = self.param('lsa_temperature',
+                             nn.initializers.constant(math.sqrt(head_dim)), ())
+    return functools.partial(
+        locality_attention, temperature=temperature,
+        implementation='flax' if sow_weights else self.attention_impl)
 
 
 def encoder_block_class(remat: bool):
@@ -507,7 +679,11 @@ def encoder_block_class(remat: bool):
 
 
 class Encoder(nn.Module):
-  """Position embeddings, `num_layers` blocks and the final LayerNorm."""
+  """Position embeddings, `num_layers` blocks and the final LayerNorm.
+
+  `stochastic_depth` is the last block's drop-path rate (`drop_path_rates`);
+  `posemb` 'learned' (`posembed_input`) or 'sincos2d' (fixed, no params).
+  """
 
   num_layers: int
   mlp_dim: int
@@ -519,19 +695,27 @@ class Encoder(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  stochastic_depth: float = 0.0
+  attention: str = 'mhsa'
+  posemb: str = 'learned'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: GridShape = None,
                sow_weights: bool = False):
     if x.ndim != 3:
       raise ValueError(f'Expected (batch, seq, hidden), got {x.shape}.')
+    check_choice('model.posemb', self.posemb, POSEMBS)
     if self.add_position_embedding:
-      x = AddPositionEmbs(
-          posemb_init=nn.initializers.normal(stddev=0.02),  # From BERT.
-          name='posembed_input')(x, grid_shape)
+      if self.posemb == 'sincos2d':
+        x = add_sincos_posemb(x, grid_shape)
+      else:
+        x = AddPositionEmbs(
+            posemb_init=nn.initializers.normal(stddev=0.02),  # From BERT.
+            name='posembed_input')(x, grid_shape)
       x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
 
     block_cls = encoder_block_class(self.remat)
+    rates = drop_path_rates(self.stochastic_depth, self.num_layers)
     for lyr in range(self.num_layers):
       x = block_cls(
           mlp_dim=self.mlp_dim,
@@ -541,12 +725,66 @@ class Encoder(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           locality=self.locality,
           attention_impl=self.attention_impl,
+          drop_path_rate=rates[lyr],
+          attention=self.attention,
           name=f'encoderblock_{lyr}')(x, not train, grid_shape, sow_weights)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
 
-def embed_patches(x, patch_size, hidden_size: int, dtype, image_shape):
-  """The 'embedding' conv: (b, h, w, c) pixels to a grid of patch embeddings.
+def diagonal_shifts(images, shift: Tuple[int, int]):
+  """The images and four diagonal shifts of them, concatenated on channels.
+
+  Pixel (i, j) of the copies holds images[i + di, j + dj], zero outside the
+  image, for (di, dj) = (-s, -t), (-s, t), (s, -t), (s, t) where (s, t) =
+  `shift`: in the SPT authors' code, the windows at the left-up, right-up,
+  left-down and right-down corners of the zero-padded image. (b, h, w, c)
+  in, (b, h, w, 5 c) out: the image's channels, then each copy's.
+  """
+  s, t = shift
+  height, width = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (s, s), (t, t), (0, 0)))
+  copies = [padded[:, i:i + height, j:j + width]
+            for i, j in ((0, 0), (0, 2 * t), (2 * s, 0), (2 * s, 2 * t))]
+  return jnp.concatenate([images] + copies, axis=-1)
+
+
+def space_to_depth(x, patch: Tuple[int, int]):
+  """(b, h * p, w * q, c) to (b, h, w, p * q * c): each patch as a vector,
+  in the (row, column, channel) order of a conv kernel."""
+  b, height, width, c = x.shape
+  p, q = patch
+  x = x.reshape(b, height // p, p, width // q, q, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height // p, width // q,
+                                               p * q * c)
+
+
+class ShiftedPatchTokenization(nn.Module):
+  """Shifted Patch Tokenization (SPT, arXiv 2112.13492), as its authors'
+  code: `diagonal_shifts` by half a patch, cut into patches, each patch
+  vector LayerNorm'ed (`norm`) and mapped to the width (`proj`)."""
+
+  hidden_size: int
+  patch_size: Tuple[int, int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    patch = tuple(self.patch_size)
+    if min(patch) < 2:
+      raise errors.ConfigError(
+          f"patch_embedding='spt' shifts the image by half a patch, which "
+          f'is no shift for patch size {patch}; use patches of 2 pixels or '
+          "more per side (so not a hybrid's 1x1), or patch_embedding='conv'.")
+    x = diagonal_shifts(x, (patch[0] // 2, patch[1] // 2))
+    x = space_to_depth(x, patch)
+    x = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
+    return nn.Dense(self.hidden_size, dtype=self.dtype, name='proj')(x)
+
+
+def embed_patches(x, patch_size, hidden_size: int, dtype, image_shape,
+                  patch_embedding: str = 'conv'):
+  """(b, h, w, c) pixels to a grid of patch embeddings: the 'embedding'
+  conv, or `ShiftedPatchTokenization` ('spt') for `patch_embedding='spt'`.
 
   Called inside a compact method; `image_shape` is only for the error.
   """
@@ -557,18 +795,49 @@ def embed_patches(x, patch_size, hidden_size: int, dtype, image_shape):
         f'{x.shape[1:3]} (image {tuple(image_shape)}); use an image size '
         'that is a multiple of the patch size (times the ResNet root '
         'stride for hybrids).')
+  if patch_embedding == 'spt':
+    return ShiftedPatchTokenization(hidden_size, patch, dtype=dtype,
+                                    name='spt')(x)
   return nn.Conv(features=hidden_size, kernel_size=patch, strides=patch,
                  padding='VALID', dtype=dtype, name='embedding')(x)
 
 
+def add_prefix_tokens(module: nn.Module, x, classifier: str, dtype):
+  """Prepends the class token (and the distillation token) to (b, n, c)
+  tokens; `module`, inside its compact method, owns `cls` (and `dist`)."""
+  count = num_prefix_tokens(classifier)
+  if not count:
+    return x
+  n, _, c = x.shape
+  tokens = [module.param(name, nn.initializers.zeros, (1, 1, c))
+            for name in PREFIX_TOKEN_NAMES[:count]]
+  tokens = [jnp.tile(token.astype(dtype), [n, 1, 1]) for token in tokens]
+  return jnp.concatenate(tokens + [x], 1)
+
+
+def check_distill_outputs(classifier: str, distill_outputs: bool) -> None:
+  if distill_outputs and classifier != 'token_distill':
+    raise errors.ConfigError(
+        f'distill_outputs=True asks for the class and distillation logits, '
+        f"but classifier={classifier!r} has no distillation token; use "
+        "classifier='token_distill'.")
+
+
 def classifier_head(x, classifier: str, representation_size: Optional[int],
-                    num_classes: int, head_bias_init: float):
+                    num_classes: int, head_bias_init: float,
+                    distill_outputs: bool = False):
   """Pools the encoder output, then 'pre_logits' and the 'head' layer.
 
-  Called inside a compact method, so the layers belong to the caller.
+  With 'token_distill', `head` reads the class token and `head_dist` the
+  distillation token (one `pre_logits` for both); the result is the mean of
+  their logits (DeiT's inference), or the pair (class, distillation) with
+  `distill_outputs`. Called inside a compact method, so the layers belong
+  to the caller.
   """
   if classifier == 'token':
     x = x[:, 0]
+  elif classifier == 'token_distill':
+    x = x[:, :2]
   elif classifier == 'gap':
     x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
   # The logits are computed in float32 whatever the compute dtype.
@@ -577,17 +846,24 @@ def classifier_head(x, classifier: str, representation_size: Optional[int],
     x = nn.tanh(nn.Dense(representation_size, name='pre_logits')(x))
   else:
     x = IdentityLayer(name='pre_logits')(x)
+  head = functools.partial(
+      nn.Dense, num_classes, kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(head_bias_init))
+  if classifier != 'token_distill':
+    return head(name='head')(x) if num_classes else x
+  pair = x[:, 0], x[:, 1]
   if num_classes:
-    x = nn.Dense(num_classes, name='head', kernel_init=nn.initializers.zeros,
-                 bias_init=nn.initializers.constant(head_bias_init))(x)
-  return x
+    pair = head(name='head')(pair[0]), head(name='head_dist')(pair[1])
+  return pair if distill_outputs else (pair[0] + pair[1]) / 2
 
 
 class VisionTransformer(nn.Module):
   """Vision Transformer; `VisionTransformer(num_classes=n, **config.model)`.
 
   Every block has the same width (a "tower"); see `models_staged` for a ViT
-  whose width changes between groups of blocks.
+  whose width changes between groups of blocks. `__call__` returns the
+  logits; with `classifier='token_distill'` and `distill_outputs=True`, the
+  pair (class-token logits, distillation-token logits).
   """
 
   num_classes: int
@@ -604,6 +880,8 @@ class VisionTransformer(nn.Module):
   dtype: Any = 'float32'
   attention_impl: Optional[str] = None
   remat: bool = False
+  patch_embedding: str = 'conv'
+  posemb: str = 'learned'
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
@@ -612,6 +890,14 @@ class VisionTransformer(nn.Module):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise errors.ConfigError(f'Unknown attention_impl {self.attention_impl!r}; '
                        f'expected one of {ATTENTION_IMPLS}.')
+    transformer = self.transformer or {}
+    check_small_data_options(
+        prefix='model.transformer.', patch_embedding=self.patch_embedding,
+        posemb=self.posemb, attention=transformer.get('attention', 'mhsa'),
+        attention_impl=self.attention_impl,
+        stochastic_depth=transformer.get('stochastic_depth', 0.0))
+    if self.posemb == 'sincos2d':
+      posemb_sincos_2d((1, 1), self.hidden_size)  # Checks the width.
 
   def embed(self, inputs, dtype):
     """(Hybrid root and) patch embedding: images to a grid of embeddings."""
@@ -620,25 +906,27 @@ class VisionTransformer(nn.Module):
       x = models_resnet.resnet_root(x, self.resnet['num_layers'],
                                     self.resnet['width_factor'], dtype)
     return embed_patches(x, self.patches['size'], self.hidden_size, dtype,
-                         image_shape=inputs.shape[1:3])
+                         image_shape=inputs.shape[1:3],
+                         patch_embedding=self.patch_embedding)
 
   @nn.compact
-  def __call__(self, inputs, *, train, sow_weights: bool = False):
+  def __call__(self, inputs, *, train, sow_weights: bool = False,
+               distill_outputs: bool = False):
     self.setup_checks()
+    check_distill_outputs(self.classifier, distill_outputs)
     dtype = jnp.dtype(self.dtype)
     x = self.embed(inputs, dtype)
 
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, [n, h * w, c])
-      if num_prefix_tokens(self.classifier):
-        cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
-        x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
+      x = add_prefix_tokens(self, x, self.classifier, dtype)
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
                   attention_impl=self.attention_impl, remat=self.remat,
-                  **self.transformer)(
+                  posemb=self.posemb, **self.transformer)(
                       x, train=train, grid_shape=(h, w),
                       sow_weights=sow_weights)
 
     return classifier_head(x, self.classifier, self.representation_size,
-                           self.num_classes, self.head_bias_init)
+                           self.num_classes, self.head_bias_init,
+                           distill_outputs)

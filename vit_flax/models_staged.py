@@ -11,10 +11,15 @@ of `models.Encoder1DBlock`s of one width, joined by transitions:
   this one), halving each side of the grid; the class token goes through a
   dense layer.
 
-Parameters: `embedding`, `cls`, `Transformer/posembed_input` (added once,
-before the first stage), `Transformer/stage_{s}/transition/...` (stages
+Parameters: `embedding` (or `spt`), `cls` (and `dist`),
+`Transformer/posembed_input` (added once, before the first stage; none with
+`posemb='sincos2d'`), `Transformer/stage_{s}/transition/...` (stages
 s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official block
-names), `Transformer/encoder_norm`, `pre_logits` and `head`.
+names), `Transformer/encoder_norm`, `pre_logits` and `head` (and
+`head_dist`). The small-data options of `models.VisionTransformer`
+(`stochastic_depth`, rising over all blocks of all stages; `attention`;
+`patch_embedding`; `posemb`; `classifier='token_distill'`) are top-level
+fields here.
 """
 
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -29,7 +34,7 @@ Array = Any
 GridShape = Tuple[int, int]
 
 TRANSITIONS = ('linear', 'pool')
-CLASSIFIERS = ('token', 'gap')
+CLASSIFIERS = ('token', 'gap', 'token_distill')
 STAGE_FIELDS = ('num_layers', 'hidden_size', 'num_heads', 'mlp_dim')
 
 
@@ -134,6 +139,8 @@ class Stage(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  drop_path_rates: Sequence[float] = ()  # Per block; none: 0.
+  attention: str = 'mhsa'
 
   @nn.compact
   def __call__(self, x, *, train: bool, input_grid_shape: GridShape,
@@ -153,6 +160,9 @@ class Stage(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           locality=self.locality,
           attention_impl=self.attention_impl,
+          drop_path_rate=(self.drop_path_rates[i] if self.drop_path_rates
+                          else 0.0),
+          attention=self.attention,
           name=f'encoderblock_{i}')(x, not train, grid_shape, sow_weights)
     return x
 
@@ -168,6 +178,9 @@ class StagedEncoder(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  stochastic_depth: float = 0.0
+  attention: str = 'mhsa'
+  posemb: str = 'learned'
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid_shape: GridShape,
@@ -175,11 +188,17 @@ class StagedEncoder(nn.Module):
     grids = stage_grid_shapes(grid_shape, len(self.stages), self.transition)
     # Once, on the first grid: the position information then travels with
     # the tokens, and a resolution curriculum resizes only this table.
-    x = models.AddPositionEmbs(
-        posemb_init=nn.initializers.normal(stddev=0.02),  # From BERT.
-        name='posembed_input')(x, grid_shape)
+    if self.posemb == 'sincos2d':
+      x = models.add_sincos_posemb(x, grid_shape)
+    else:
+      x = models.AddPositionEmbs(
+          posemb_init=nn.initializers.normal(stddev=0.02),  # From BERT.
+          name='posembed_input')(x, grid_shape)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    rates = models.drop_path_rates(
+        self.stochastic_depth, sum(s['num_layers'] for s in self.stages))
     for s, stage in enumerate(self.stages):
+      first = sum(st['num_layers'] for st in self.stages[:s])
       x = Stage(
           **{field: stage[field] for field in STAGE_FIELDS},
           transition=self.transition if s else None,
@@ -189,6 +208,8 @@ class StagedEncoder(nn.Module):
           locality=self.locality,
           attention_impl=self.attention_impl,
           remat=self.remat,
+          drop_path_rates=rates[first:first + stage['num_layers']],
+          attention=self.attention,
           name=f'stage_{s}')(x, train=train,
                              input_grid_shape=grids[max(s - 1, 0)],
                              grid_shape=grids[s], sow_weights=sow_weights)
@@ -199,7 +220,8 @@ class StagedVisionTransformer(nn.Module):
   """Staged ViT; `StagedVisionTransformer(num_classes=n, **config.model)`.
 
   Same call as `models.VisionTransformer`:
-  `apply({'params': p}, images, train=..., sow_weights=..., rngs=...)`.
+  `apply({'params': p}, images, train=..., sow_weights=...,
+  distill_outputs=..., rngs=...)`.
   """
 
   num_classes: int
@@ -216,6 +238,10 @@ class StagedVisionTransformer(nn.Module):
   dtype: Any = 'float32'
   attention_impl: Optional[str] = None
   remat: bool = False
+  stochastic_depth: float = 0.0
+  attention: str = 'mhsa'
+  patch_embedding: str = 'conv'
+  posemb: str = 'learned'
 
   def check_config(self):
     check_stages(self.stages, self.transition)
@@ -227,6 +253,13 @@ class StagedVisionTransformer(nn.Module):
       raise errors.ConfigError(
           f'Unknown attention_impl {self.attention_impl!r}; expected one of '
           f'{models.ATTENTION_IMPLS}.')
+    models.check_small_data_options(
+        prefix='model.', patch_embedding=self.patch_embedding,
+        posemb=self.posemb, attention=self.attention,
+        attention_impl=self.attention_impl,
+        stochastic_depth=self.stochastic_depth)
+    if self.posemb == 'sincos2d':  # Checks the first stage's width.
+      models.posemb_sincos_2d((1, 1), self.stages[0]['hidden_size'])
 
   def grid_shapes(self, image_shape: Tuple[int, int]) -> List[GridShape]:
     """The patch grid of each stage for images of `image_shape` (h, w)."""
@@ -239,24 +272,26 @@ class StagedVisionTransformer(nn.Module):
     return models.num_prefix_tokens(self.classifier)
 
   @nn.compact
-  def __call__(self, inputs, *, train: bool, sow_weights: bool = False):
+  def __call__(self, inputs, *, train: bool, sow_weights: bool = False,
+               distill_outputs: bool = False):
     self.check_config()
+    models.check_distill_outputs(self.classifier, distill_outputs)
     dtype = jnp.dtype(self.dtype)
     x = models.embed_patches(inputs.astype(dtype), self.patches['size'],
                              self.stages[0]['hidden_size'], dtype,
-                             image_shape=inputs.shape[1:3])
+                             image_shape=inputs.shape[1:3],
+                             patch_embedding=self.patch_embedding)
     n, h, w, c = x.shape
     x = jnp.reshape(x, [n, h * w, c])
-    if self.num_prefix_tokens:
-      cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
-      x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
+    x = models.add_prefix_tokens(self, x, self.classifier, dtype)
     x = StagedEncoder(
         stages=self.stages, transition=self.transition,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, dtype=dtype,
         locality=self.locality, attention_impl=self.attention_impl,
-        remat=self.remat, name='Transformer')(
+        remat=self.remat, stochastic_depth=self.stochastic_depth,
+        attention=self.attention, posemb=self.posemb, name='Transformer')(
             x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
     return models.classifier_head(x, self.classifier,
                                   self.representation_size, self.num_classes,
-                                  self.head_bias_init)
+                                  self.head_bias_init, distill_outputs)

@@ -27,6 +27,9 @@ from vit_flax import inference
 from vit_flax import plotting
 
 FLAGS = flags.FLAGS
+# Classifiers that give one logit vector per image ('token_distill': the
+# mean of its two heads, as DeiT predicts).
+CLASSIFIERS = ('token', 'gap', 'token_distill')
 
 
 @dataclasses.dataclass
@@ -75,11 +78,11 @@ def predict_files(loaded: inference.InferenceModel, paths: Sequence[str], *,
   Classes are named by `class_names`, else by their indices.
   """
   classifier = loaded.config.model.get('classifier', 'token')
-  if loaded.num_classes == 0 or classifier not in ('token', 'gap'):
+  if loaded.num_classes == 0 or classifier not in CLASSIFIERS:
     raise errors.UserError(
         f'This model cannot classify images: it has '
         f'{loaded.num_classes} classes and classifier {classifier!r} '
-        "(predictions need a head and classifier 'token' or 'gap').")
+        f'(predictions need a head and a classifier of {CLASSIFIERS}).')
   if top_k < 1 or batch_size < 1:
     raise errors.UserError(
         f'top_k={top_k} and batch_size={batch_size} must be at least 1.')

@@ -39,8 +39,9 @@ FLAGS = flags.FLAGS
 GridShape = Tuple[int, int]
 # The paper's Figure 7 shows this many principal components of the filters.
 NUM_FILTER_PCS = 28
-# Top-level modules that embed patches: ViT's, and MLP-Mixer's `stem`.
-PATCH_EMBEDDINGS = ('embedding', 'stem')
+# Top-level modules that embed patches: ViT's conv or Shifted Patch
+# Tokenization, and MLP-Mixer's `stem`.
+PATCH_EMBEDDINGS = ('embedding', 'spt', 'stem')
 
 
 class VisualizationError(errors.UserError):
@@ -269,26 +270,30 @@ def patch_filter_pcs(kernel: np.ndarray, n: int = NUM_FILTER_PCS) -> FilterPCs:
 
 
 def posemb_similarity(posemb: np.ndarray, grid_shape: Optional[GridShape],
-                      has_class_token: bool) -> np.ndarray:
+                      num_prefix: int = 0, *,
+                      has_class_token: Optional[bool] = None) -> np.ndarray:
   """Cosine similarity of position embeddings, (h, w, h, w).
 
   `[i, j]` is the similarity map of patch (i, j) with every patch. A
-  `grid_shape` of None takes the stored grid as square.
+  `grid_shape` of None takes the stored grid as square. The first
+  `num_prefix` rows (class and distillation tokens; `has_class_token`: one)
+  are dropped.
   """
+  if has_class_token is not None:
+    num_prefix = int(has_class_token)
+  num_prefix = int(num_prefix)
   posemb = np.asarray(posemb, np.float64)
   if posemb.ndim == 3:
     posemb = posemb[0]
-  if has_class_token:
-    posemb = posemb[1:]
+  posemb = posemb[num_prefix:]
   if grid_shape is None:
     side = math.isqrt(len(posemb))
     grid_shape = (side, side)
   if grid_shape[0] * grid_shape[1] != len(posemb):
     raise VisualizationError(
-        f'{len(posemb)} patch position embeddings (class token '
-        f'{"dropped" if has_class_token else "absent"}) do not fill a '
-        f'{grid_shape} grid; check the classifier (token vs gap) matches '
-        'the checkpoint.')
+        f'{len(posemb)} patch position embeddings ({num_prefix} prefix '
+        f'tokens dropped) do not fill a {grid_shape} grid; check the '
+        'classifier (token, token_distill or gap) matches the checkpoint.')
   unit = posemb / np.maximum(np.linalg.norm(posemb, axis=-1, keepdims=True),
                              1e-12)
   return (unit @ unit.T).reshape(*grid_shape, *grid_shape)
@@ -416,12 +421,12 @@ def patch_filters_figure(kernel: np.ndarray,
 
 def posemb_similarity_figure(posemb: np.ndarray,
                              grid_shape: Optional[GridShape],
-                             has_class_token: bool) -> np.ndarray:
+                             num_prefix: int = 0) -> np.ndarray:
   """Position-embedding similarity, one small map per patch (Figure 7, centre).
 
   Args: as `posemb_similarity`.
   """
-  similarity = posemb_similarity(posemb, grid_shape, has_class_token)
+  similarity = posemb_similarity(posemb, grid_shape, num_prefix)
   rows, cols = similarity.shape[:2]
   cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
   figure = plotting.new_figure(6.0, 5.0)
@@ -545,7 +550,7 @@ def probe(model, params, images) -> Probe:
 
   Models without attention (whose `__call__` takes no `sow_weights`) give an
   empty `attentions`; those without a top-level patch embedding (`embedding`,
-  or a Mixer's `stem`) give no `patch_embeddings`.
+  `spt`, or a Mixer's `stem`) give no `patch_embeddings`.
   """
   kwargs = {}
   if 'sow_weights' in inspect.signature(model.__call__).parameters:
@@ -572,9 +577,9 @@ def image_figures(image: np.ndarray, probe_result: Probe, index: int,
   def activations():
     if probe_result.patch_embeddings is None:
       raise VisualizationError(
-          'The model has no top-level patch embedding (an `embedding` or '
-          '`stem` module), so there are no patch-embedding activations to '
-          'show.')
+          'The model has no top-level patch embedding (an `embedding`, '
+          '`spt` or `stem` module), so there are no patch-embedding '
+          'activations to show.')
     return embedding_activations_figure(
         image, probe_result.patch_embeddings[index])
 
@@ -598,10 +603,19 @@ def attention_distance_for(probe_result: Probe, image_size: GridShape,
       probe_result.num_prefix(classifier)))
 
 
-def param_figures(params, classifier: str) -> Dict[str, Any]:
-  """Builders of the figures that need only the parameters, by name."""
+def param_figures(params, classifier: str,
+                  posemb: str = 'learned') -> Dict[str, Any]:
+  """Builders of the figures that need only the parameters, by name.
+
+  `posemb`: the model's `posemb` ('learned' or 'sincos2d').
+  """
 
   def filters():
+    if 'spt' in params:
+      raise VisualizationError(
+          'The model embeds patches with Shifted Patch Tokenization (spt): '
+          'a LayerNorm of the patch and four shifted copies comes before '
+          'its linear map, so the map has no RGB filters to show.')
     kernel = _patch_embedding_params(params).get('kernel')
     if kernel is None:
       raise VisualizationError(
@@ -610,13 +624,18 @@ def param_figures(params, classifier: str) -> Dict[str, Any]:
     return patch_filters_figure(np.asarray(jax.device_get(kernel)))
 
   def positions():
-    posemb = checkpoint.find_param(params, 'pos_embedding')
-    if posemb is None:
+    if posemb == 'sincos2d':
+      raise VisualizationError(
+          "The model's position embeddings are the fixed 2-D sin-cos ones "
+          "(posemb='sincos2d'), not learned, so their similarity shows "
+          'nothing the training did.')
+    table = checkpoint.find_param(params, 'pos_embedding')
+    if table is None:
       raise VisualizationError(
           'The model has no `pos_embedding` parameter (no learned position '
           'embeddings), so there is no position similarity to show.')
-    return posemb_similarity_figure(posemb, None,
-                                    models.num_prefix_tokens(classifier) > 0)
+    return posemb_similarity_figure(table, None,
+                                    models.num_prefix_tokens(classifier))
 
   return {'patch_filters': filters, 'posemb_similarity': positions}
 
@@ -650,7 +669,8 @@ def summary_images(model, params, images,
   classifier = model_config.get('classifier', 'token')
   image = np.asarray(jax.device_get(images[:1]))
   probe_result = probe(model, params, image)
-  builders = dict(param_figures(params, classifier))
+  builders = dict(param_figures(params, classifier,
+                                model_config.get('posemb', 'learned')))
   builders.update(image_figures(image[0], probe_result, 0, classifier))
   builders['attention_distance'] = lambda: attention_distance_for(
       probe_result, image.shape[1:3], classifier)
@@ -720,7 +740,8 @@ def main(argv):
   out = epath.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   classifier = loaded.config.model.get('classifier', 'token')
-  builders = param_figures(loaded.params, classifier)
+  builders = param_figures(loaded.params, classifier,
+                           loaded.config.model.get('posemb', 'learned'))
   if names:
     probe_result = probe_batches(loaded.model, loaded.params, images,
                                  FLAGS.batch_size)
