@@ -57,6 +57,7 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.dtype = 'float32'
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
+  config.gelu = 'tanh'  # Or 'exact' (erf), as timm / Hugging Face models.
   if resnet_layers is not None:
     config.resnet = ml_collections.ConfigDict()
     config.resnet.num_layers = tuple(resnet_layers)

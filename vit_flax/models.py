@@ -5,9 +5,10 @@ Optional extras, all off by default so the numerics equal the official model:
 `locality` (depthwise 3x3 conv in the MLP, arXiv 2211.05187), a compute
 `dtype`, `attention_impl` (jax.nn.dot_product_attention, e.g. cuDNN flash
 attention; the default, `einsum_attention`, is flax's math with a backward
-pass that XLA:CPU runs faster), `remat` per block, and position embeddings
-resized in-graph when the input grid differs from the stored one
-(resolution curricula).
+pass that XLA:CPU runs faster), `remat` per block, `gelu` ('tanh', the
+official approximation, or 'exact', the erf form that timm and Hugging Face
+models use), and position embeddings resized in-graph when the input grid
+differs from the stored one (resolution curricula).
 """
 
 import functools
@@ -28,6 +29,23 @@ GridShape = Optional[Tuple[int, int]]
 
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn', 'auto')
+# 'tanh': the approximation of the official ViT (flax's nn.gelu default);
+# 'exact': the erf form, PyTorch's nn.GELU default (timm, Hugging Face).
+GELUS = ('tanh', 'exact')
+
+
+def check_gelu(gelu: str) -> None:
+  """Raises a ConfigError unless `gelu` names a GELU flavour."""
+  if gelu not in GELUS:
+    raise errors.ConfigError(
+        f'Unknown gelu {gelu!r}; expected one of {GELUS} (tanh: the official '
+        "ViT's approximation; exact: timm's and Hugging Face's erf GELU).")
+
+
+def gelu_fn(gelu: str) -> Callable[[Array], Array]:
+  """The activation named by `gelu` ('tanh' or 'exact')."""
+  check_gelu(gelu)
+  return functools.partial(nn.gelu, approximate=gelu == 'tanh')
 
 
 def linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -168,6 +186,7 @@ class MlpBlock(nn.Module):
   out_dim: Optional[int] = None
   dropout_rate: float = 0.1
   locality: bool = False
+  gelu: str = 'tanh'
   kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
   bias_init: Callable[..., Array] = nn.initializers.normal(stddev=1e-6)
 
@@ -177,7 +196,7 @@ class MlpBlock(nn.Module):
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=self.kernel_init,
                               bias_init=self.bias_init)
-    x = nn.gelu(dense(self.mlp_dim, name='Dense_0')(inputs))
+    x = gelu_fn(self.gelu)(dense(self.mlp_dim, name='Dense_0')(inputs))
     if self.locality:
       x = self.depthwise_conv(x, grid_shape)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
@@ -191,7 +210,7 @@ class MlpBlock(nn.Module):
     prefix, grid = split_prefix(x, grid_shape)
     grid = DepthwiseConv(self.mlp_dim, dtype=self.dtype,
                          name='locality_conv')(grid)
-    grid = nn.gelu(grid).reshape(x.shape[0], -1, self.mlp_dim)
+    grid = gelu_fn(self.gelu)(grid).reshape(x.shape[0], -1, self.mlp_dim)
     return jnp.concatenate([prefix, grid], axis=1)
 
 
@@ -281,6 +300,7 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.1
   locality: bool = False
   attention_impl: Optional[str] = None
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool, grid_shape: GridShape = None,
@@ -313,7 +333,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype,
                  dropout_rate=self.dropout_rate, locality=self.locality,
-                 name='MlpBlock_3')(
+                 gelu=self.gelu, name='MlpBlock_3')(
                      y, deterministic=deterministic, grid_shape=grid_shape)
     return x + y
 
@@ -339,6 +359,7 @@ class Encoder(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: GridShape = None,
@@ -361,6 +382,7 @@ class Encoder(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           locality=self.locality,
           attention_impl=self.attention_impl,
+          gelu=self.gelu,
           name=f'encoderblock_{lyr}')(x, not train, grid_shape, sow_weights)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
@@ -424,6 +446,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = 'float32'
   attention_impl: Optional[str] = None
   remat: bool = False
+  gelu: str = 'tanh'
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
@@ -432,6 +455,7 @@ class VisionTransformer(nn.Module):
     if self.attention_impl not in ATTENTION_IMPLS:
       raise errors.ConfigError(f'Unknown attention_impl {self.attention_impl!r}; '
                        f'expected one of {ATTENTION_IMPLS}.')
+    check_gelu(self.gelu)
 
   def embed(self, inputs, dtype):
     """(Hybrid root and) patch embedding: images to a grid of embeddings."""
@@ -456,7 +480,7 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], 1)
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
                   attention_impl=self.attention_impl, remat=self.remat,
-                  **self.transformer)(
+                  gelu=self.gelu, **self.transformer)(
                       x, train=train, grid_shape=(h, w),
                       sow_weights=sow_weights)
 

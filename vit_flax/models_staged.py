@@ -138,6 +138,7 @@ class Stage(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool, input_grid_shape: GridShape,
@@ -157,6 +158,7 @@ class Stage(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           locality=self.locality,
           attention_impl=self.attention_impl,
+          gelu=self.gelu,
           name=f'encoderblock_{i}')(x, not train, grid_shape, sow_weights)
     return x
 
@@ -172,6 +174,7 @@ class StagedEncoder(nn.Module):
   locality: bool = False
   attention_impl: Optional[str] = None
   remat: bool = False
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid_shape: GridShape,
@@ -193,6 +196,7 @@ class StagedEncoder(nn.Module):
           locality=self.locality,
           attention_impl=self.attention_impl,
           remat=self.remat,
+          gelu=self.gelu,
           name=f'stage_{s}')(x, train=train,
                              input_grid_shape=grids[max(s - 1, 0)],
                              grid_shape=grids[s], sow_weights=sow_weights)
@@ -220,6 +224,7 @@ class StagedVisionTransformer(nn.Module):
   dtype: Any = 'float32'
   attention_impl: Optional[str] = None
   remat: bool = False
+  gelu: str = 'tanh'
 
   def check_config(self):
     check_stages(self.stages, self.transition)
@@ -231,6 +236,7 @@ class StagedVisionTransformer(nn.Module):
       raise errors.ConfigError(
           f'Unknown attention_impl {self.attention_impl!r}; expected one of '
           f'{models.ATTENTION_IMPLS}.')
+    models.check_gelu(self.gelu)
 
   def grid_shapes(self, image_shape: Tuple[int, int]) -> List[GridShape]:
     """The patch grid of each stage for images of `image_shape` (h, w)."""
@@ -259,7 +265,7 @@ class StagedVisionTransformer(nn.Module):
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, dtype=dtype,
         locality=self.locality, attention_impl=self.attention_impl,
-        remat=self.remat, name='Transformer')(
+        remat=self.remat, gelu=self.gelu, name='Transformer')(
             x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
     return models.classifier_head(x, self.classifier,
                                   self.representation_size, self.num_classes,
@@ -286,6 +292,7 @@ def staged_config(model_name: str, patch: int,
   config.dtype = 'float32'
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
+  config.gelu = 'tanh'
   return config
 
 
