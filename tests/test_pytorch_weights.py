@@ -460,7 +460,7 @@ def test_timm_model_args_of_a_gap_model():
       'class_token': False, 'global_pool': 'avg', 'fc_norm': False,
       'act_layer': 'gelu_tanh'}
   args = pytorch_weights.timm_model_args(random_params(), config_for())
-  assert 'fc_norm' not in args and 'act_layer' not in args
+  assert 'fc_norm' not in args and args['act_layer'] == 'gelu'
   assert (args['class_token'], args['global_pool']) == (True, 'token')
   # timm's MLP width is int(embed_dim * mlp_ratio): not every width.
   config = config_for(hidden_size=22)

@@ -805,7 +805,7 @@ def timm_model_args(params, model_config: Mapping[str, Any],
   With these, timm computes the logits of vit_flax (up to float rounding):
   `fc_norm=False` keeps the final norm before the pooling of a gap model
   (timm's default for global_pool='avg' would norm after it), and
-  `act_layer='gelu_tanh'` is the official ViT's GELU.
+  `act_layer='gelu_tanh'` is the official ViT's GELU ('gelu': exact).
   """
   flat = _flat_numpy(params)
   _check_exportable(flat, model_type, model_config, 'timm')
@@ -838,8 +838,9 @@ def timm_model_args(params, model_config: Mapping[str, Any],
   }
   if classifier == 'gap':
     args['fc_norm'] = False
-  if model_config.get('gelu', 'tanh') == 'tanh':
-    args['act_layer'] = 'gelu_tanh'
+  # Explicit even for timm's default, so that the file says what it is.
+  args['act_layer'] = {'tanh': 'gelu_tanh', 'exact': 'gelu'}[
+      model_config.get('gelu', 'tanh')]
   return args
 
 
