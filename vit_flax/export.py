@@ -33,6 +33,7 @@ from etils import epath
 
 from vit_flax import checkpoint
 from vit_flax import checkpointing
+from vit_flax import cli
 from vit_flax import errors
 from vit_flax import pytorch_weights
 
@@ -179,6 +180,7 @@ def main(argv):
 
 def run():
   """The `vit-flax-export` command."""
+  cli.show_flags_in_help(__name__)
   app.run(main)
 
 
