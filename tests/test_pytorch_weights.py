@@ -473,3 +473,47 @@ def test_timm_model_args_of_a_gap_model():
                      match='cannot express mlp_dim=49 at width 22'):
     pytorch_weights.timm_model_args(params, config)
 
+
+
+@pytest.mark.slow
+def test_training_fine_tunes_from_a_timm_file(tmp_path):
+  """config.pretrained_path takes the file: train.py's own call."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from helpers import write_fashion_mnist  # pylint: disable=g-import-not-at-top
+  from vit_flax import train  # pylint: disable=g-import-not-at-top
+  write_fashion_mnist(str(tmp_path / 'data'), num_train=16, num_test=8)
+  pretrained = random_params(image_size=28)
+  path = tmp_path / 'vit.safetensors'
+  pytorch_layouts.write_safetensors(path,
+                                    pytorch_layouts.timm_state(pretrained))
+  config = common.get_config()
+  config.dataset = 'fashion_mnist'
+  config.tfds_manual_dir = str(tmp_path / 'data')
+  config.pp.crop = 16  # Another resolution: the grid is resized.
+  config.model = config_for(gelu='exact')
+  config.pretrained_path = str(path)
+  config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
+  config.base_lr = 0.0  # The params stay those loaded.
+  config.batch = config.batch_eval = 8
+  config.total_steps = 1
+  config.warmup_steps = 0
+  config.eval_every = config.progress_every = 1
+  config.checkpoint_every = 0
+  config.eval_figures = False
+  state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  got = flat(jax.device_get(state.params))
+  want = flat(pretrained)
+  assert got['head/kernel'].shape == (16, 10)  # Fashion-MNIST's classes.
+  np.testing.assert_array_equal(got['cls'], want['cls'])
+  np.testing.assert_array_equal(
+      got['Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel'],
+      want['Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel'])
+  np.testing.assert_allclose(
+      got[pytorch_weights.POSEMB], checkpoint.interpolate_posembed(
+          want[pytorch_weights.POSEMB], 1 + 16, True), rtol=1e-6)
+
+  config.model.gelu = 'tanh'  # The default: timm's exact GELU differs.
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="config.model.gelu='tanh' but the checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path / 'run_tanh'))
