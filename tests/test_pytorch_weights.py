@@ -517,3 +517,49 @@ def test_training_fine_tunes_from_a_timm_file(tmp_path):
   with pytest.raises(checkpoint.CheckpointError,
                      match="config.model.gelu='tanh' but the checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / 'run_tanh'))
+
+
+@pytest.mark.parametrize('hub', ['hf', 'timm'])
+def test_deit_tiny_config_loads_the_hub_layouts(tmp_path, hub):
+  """configs/deit_tiny_finetune.py with DeiT-tiny-shaped files as the hubs
+  publish them (random values; config.json fields as on the hubs)."""
+  from configs import deit_tiny_finetune  # pylint: disable=g-import-not-at-top
+  config = deit_tiny_finetune.get_config('cifar10')
+
+  def shapes(image_size, num_classes):
+    model = models.VisionTransformer(num_classes=num_classes, **config.model)
+    return jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.key(0),
+        jnp.zeros((1, image_size, image_size, 3)))['params']
+
+  rng = np.random.RandomState(0)
+  pretrained = jax.tree.map(
+      lambda s: rng.randn(*s.shape).astype(np.float32), shapes(224, 1000))
+  if hub == 'hf':
+    path = tmp_path / 'deit-tiny-patch16-224'
+    pytorch_layouts.write_hf_folder(
+        path, pytorch_layouts.hf_state(pretrained), pytorch_layouts.hf_config(
+            hidden=192, layers=12, heads=3, mlp=768, patch=16, image=224,
+            classes=1000, encoder_stride=16, problem_type=None,
+            torch_dtype='float32'))
+  else:
+    path = tmp_path / 'model.safetensors'
+    pytorch_layouts.write_safetensors(path,
+                                      pytorch_layouts.timm_state(pretrained))
+    (tmp_path / 'config.json').write_text(json.dumps({
+        'architecture': 'deit_tiny_patch16_224', 'num_classes': 1000,
+        'num_features': 192, 'global_pool': 'token',
+        'pretrained_cfg': {'tag': 'fb_in1k', 'input_size': [3, 224, 224]}}))
+  init_params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             shapes(config.pp.crop, 10))
+  restored = flat(checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init_params,
+      model_config=config.model))
+  want = flat(pretrained)
+  assert restored['head/kernel'].shape == (192, 10)
+  assert restored[pytorch_weights.POSEMB].shape == (1, 1 + 24 * 24, 192)
+  np.testing.assert_array_equal(
+      restored['Transformer/encoderblock_11/MultiHeadDotProductAttention_1/'
+               'query/kernel'],
+      want['Transformer/encoderblock_11/MultiHeadDotProductAttention_1/'
+           'query/kernel'])

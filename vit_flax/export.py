@@ -126,7 +126,8 @@ def loading_code(params, config: Mapping[str, Any], out, fmt: str) -> str:
     return (
         'from transformers import AutoModelForImageClassification\n'
         f'model = AutoModelForImageClassification.from_pretrained({out!r})\n'
-        'logits = model(pixel_values=images).logits  # images: ' + _INPUTS)
+        f'{_INPUTS}\n'
+        'logits = model(pixel_values=images).logits')
   try:
     args = pytorch_weights.timm_model_args(params, model_config, model_type)
   except errors.UserError as e:
@@ -143,12 +144,13 @@ def loading_code(params, config: Mapping[str, Any], out, fmt: str) -> str:
         f'model.load_state_dict(safetensors.torch.load_file({out!r}))')
   else:
     lines.append(f"model.load_pretrained({out!r})  # timm's vit_jax reader")
-  lines.append('logits = model.eval()(images)  # images: ' + _INPUTS)
+  lines.append(_INPUTS)
+  lines.append('logits = model.eval()(images)')
   return '\n'.join(lines)
 
 
-_INPUTS = ("vit_flax's input (pixels / 127.5 - 1), as a float32 torch "
-           'tensor (batch, 3, height, width)')
+_INPUTS = ("# images: vit_flax's input (pixels / 127.5 - 1) as a float32 "
+           'torch\n# tensor of shape (batch, 3, height, width).')
 
 
 def _export(workdir: str, out: str, best: bool, fmt: str, overwrite: bool):
