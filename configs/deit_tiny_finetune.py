@@ -21,7 +21,7 @@ def get_config(dataset: str = 'cifar10'):
   with config.unlocked():
     config.model = model_configs.get_model_config('ViT-Ti_16')
     config.model.gelu = 'exact'  # DeiT was trained with the erf GELU.
-    # The folder `huggingface-cli download facebook/deit-tiny-patch16-224
+    # The folder `hf download facebook/deit-tiny-patch16-224
     # --local-dir deit-tiny-patch16-224` writes.
     config.pretrained_path = 'deit-tiny-patch16-224'
     config.accum_steps = 1  # 512 images of a 5.7M-param model fit at once.
