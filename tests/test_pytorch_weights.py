@@ -389,6 +389,18 @@ def test_hf_config_that_contradicts_its_tensors(tmp_path):
     pytorch_weights.load(tmp_path / 'hf')
 
 
+def test_timm_config_that_contradicts_its_tensors(tmp_path):
+  path = write_timm(tmp_path)
+  (tmp_path / 'config.json').write_text(json.dumps({
+      'architecture': 'vit_small_patch16_224',
+      'model_args': {'embed_dim': 384, 'patch_size': 16, 'num_heads': 6}}))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='timm arguments .* do not match its weights: '
+                     'embed_dim=384 but the tensors have 16; patch_size=16 '
+                     'but the tensors have 4'):
+    pytorch_weights.load(path)
+
+
 def test_hf_config_of_another_model_type(tmp_path):
   pytorch_layouts.write_hf_folder(
       tmp_path / 'hf', pytorch_layouts.hf_state(random_params()),

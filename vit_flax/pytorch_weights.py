@@ -546,6 +546,12 @@ def _from_timm(state: Flat, metadata, config, num_heads, name
   args = _timm_args(metadata, config)
   heads = args.get('num_heads', num_heads)
   num_layers = _num_layers(state, r'blocks\.(\d+)\.')
+  sizes = _torch_sizes(state, 'patch_embed.proj.weight',
+                       'blocks.0.mlp.fc1.weight')
+  _check_stated({'embed_dim': sizes['hidden'], 'depth': num_layers,
+                 'patch_size': sizes['patch'],
+                 'class_token': 'cls_token' in state}, args,
+                f'The timm arguments of {name} do not match its weights')
   flat = _convert(state, timm_entries(num_layers), heads, name)
   act = args.get('act_layer', 'gelu')
   if act not in TIMM_GELUS:
@@ -588,6 +594,14 @@ def _from_hf(state: Flat, prefix: str, config, num_heads, name
   heads = config.get('num_attention_heads', num_heads)
   num_layers = _num_layers(state,
                            re.escape(prefix) + r'encoder\.layer\.(\d+)\.')
+  sizes = _torch_sizes(
+      state, f'{prefix}embeddings.patch_embeddings.projection.weight',
+      f'{prefix}encoder.layer.0.intermediate.dense.weight')
+  _check_stated({'hidden_size': sizes['hidden'],
+                 'num_hidden_layers': num_layers,
+                 'intermediate_size': sizes['mlp'],
+                 'patch_size': sizes['patch']}, config,
+                f'The config.json of {name} does not match its weights')
   distilled_heads = 'cls_classifier.weight' in state
   flat = _convert(state, hf_entries(num_layers, prefix, distilled_heads),
                   heads, name)
@@ -602,33 +616,41 @@ def _from_hf(state: Flat, prefix: str, config, num_heads, name
   stated = 'hidden_act' in config
   source = (f'config.json hidden_act={act!r}' if stated else
             "transformers' default hidden_act, 'gelu'; no config.json says")
-  arch = _shape_architecture(
+  return flat, _shape_architecture(
       flat, 'hf', num_heads=heads if 'num_attention_heads' in config else None,
       classifier='token', gelu=HF_GELUS[act], gelu_source=source,
       gelu_stated=stated,
       layer_norm_eps=config.get('layer_norm_eps', 1e-12))
-  _check_hf_config(arch, config, name)
-  return flat, arch
 
 
-def _check_hf_config(arch: Architecture, config: Mapping[str, Any], name):
-  """A config.json that contradicts its own tensors is an error."""
-  patch = config.get('patch_size')
-  if isinstance(patch, int):
-    patch = (patch, patch)
-  stated = {'hidden_size': arch.hidden_size,
-            'num_hidden_layers': arch.num_layers,
-            'intermediate_size': arch.mlp_dim}
-  wrong = [f'{field}={config[field]} but the tensors have {value}'
-           for field, value in stated.items()
-           if field in config and config[field] != value]
-  if patch is not None and tuple(patch) != arch.patch_size:
-    wrong.append(f'patch_size={config["patch_size"]} but the tensors have '
-                 f'{arch.patch_size}')
+def _torch_sizes(state: Mapping[str, Any], conv_key: str,
+                 fc1_key: str) -> Dict[str, Any]:
+  """Sizes read from the torch tensors (None where a key is missing)."""
+  conv = np.shape(state[conv_key]) if conv_key in state else None
+  fc1 = np.shape(state[fc1_key]) if fc1_key in state else None
+  return {'hidden': conv[0] if conv else None,
+          'patch': tuple(conv[2:]) if conv else None,
+          'mlp': fc1[0] if fc1 else None}
+
+
+def _check_stated(actual: Mapping[str, Any], stated: Mapping[str, Any],
+                  what: str) -> None:
+  """A config that contradicts its own tensors is an error."""
+  wrong = []
+  for field, value in actual.items():
+    if field not in stated or value is None:
+      continue
+    said = stated[field]
+    if field == 'patch_size':  # An int or a pair.
+      said = tuple(said) if isinstance(said, (list, tuple)) else (said, said)
+    if said != value:
+      if field == 'patch_size' and value[0] == value[1]:
+        value = value[0]
+      wrong.append(f'{field}={stated[field]} but the tensors have {value}')
   if wrong:
     raise PyTorchWeightsError(
-        f'The config.json of {name} does not match its weights: '
-        f'{"; ".join(wrong)}. The two files come from different models.')
+        f'{what}: {"; ".join(wrong)}. The config and the weights come from '
+        'different models.')
 
 
 def load(path, num_heads: Optional[int] = None
