@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.ndimage
+import scipy.special
 
 from helpers import tiny_model_config
 from helpers import train_losses
@@ -17,6 +18,7 @@ from vit_flax import errors
 from vit_flax import model_configs
 from vit_flax import model_stats
 from vit_flax import models
+from vit_flax import models_staged
 
 
 def init(config, image_size=16, num_classes=5, batch=2, seed=0):
@@ -335,6 +337,58 @@ def test_locality_mixes_only_neighbouring_patches(locality):
   assert changed[1 + 5] == locality  # its diagonal neighbour, patch (1, 1)
   assert not changed[0]  # the class token bypasses the conv
   assert not changed[1 + 15]  # patch (3, 3) is out of the 3x3 reach
+
+
+@pytest.mark.parametrize('locality', [False, True])
+def test_gelu_flavour_is_used_by_every_mlp_activation(locality):
+  mlp = models.MlpBlock(mlp_dim=8, dropout_rate=0.0, locality=locality,
+                        gelu='exact')
+  tokens = 3 * jax.random.normal(jax.random.key(0), (2, 1 + 4, 4))
+  params = mlp.init(jax.random.key(1), tokens, deterministic=True,
+                    grid_shape=(2, 2))['params']
+  exact = mlp.apply({'params': params}, tokens, deterministic=True,
+                    grid_shape=(2, 2))
+  tanh = mlp.clone(gelu='tanh').apply({'params': params}, tokens,
+                                      deterministic=True, grid_shape=(2, 2))
+
+  erf_gelu = lambda x: 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2)))
+  x = np.asarray(tokens, np.float64)
+  dense = lambda x, p: x @ np.asarray(p['kernel']) + np.asarray(p['bias'])
+  hidden = erf_gelu(dense(x, params['Dense_0']))
+  if locality:
+    conv = params['locality_conv']
+    grid = np.pad(hidden[:, 1:].reshape(2, 2, 2, 8),
+                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = sum(grid[:, i:i + 2, j:j + 2] * np.asarray(conv['kernel'][i, j, 0])
+              for i in range(3) for j in range(3)) + np.asarray(conv['bias'])
+    hidden[:, 1:] = erf_gelu(out).reshape(2, 4, 8)
+  np.testing.assert_allclose(exact, dense(hidden, params['Dense_1']),
+                             rtol=1e-5, atol=1e-5)
+  # The two flavours differ by up to ~1e-3 per activation.
+  assert np.abs(np.asarray(exact) - np.asarray(tanh)).max() > 1e-5
+
+
+@pytest.mark.parametrize('model_type', ['vit', 'staged'])
+def test_gelu_reaches_the_model_and_bad_values_are_clear_errors(model_type):
+  if model_type == 'vit':
+    config = tiny_model_config()
+  else:
+    config = models_staged.staged_config('t', 4, [(1, 8, 2, 16)])
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  model = model_configs.create_model(model_type, config, 3)
+  params = model.init(jax.random.key(1), images, train=False)
+  # Random values: the zero-initialised head would hide the encoder.
+  rng = np.random.RandomState(0)
+  params = jax.tree.map(lambda p: rng.randn(*p.shape).astype(p.dtype), params)
+  config.gelu = 'exact'
+  exact = model_configs.create_model(model_type, config, 3)
+  difference = (exact.apply(params, images, train=False) -
+                model.apply(params, images, train=False))
+  assert np.abs(difference).max() > 1e-4
+  config.gelu = 'erf'
+  with pytest.raises(errors.ConfigError, match=r"gelu 'erf'.*'tanh', 'exact'"):
+    model_configs.create_model(model_type, config, 3).init(
+        jax.random.key(1), images, train=False)
 
 
 def test_bfloat16_compute_keeps_float32_params():

@@ -3,6 +3,8 @@
 The released checkpoints (gs://vit_models/...) are flat `numpy.savez` files
 whose keys are the parameter paths joined by '/'. Paths are read through
 `etils.epath`, so `gs://` works wherever TensorFlow's file system reaches.
+`load_pretrained` also takes timm and Hugging Face ViT / DeiT checkpoints
+(`vit_flax.pytorch_weights`).
 """
 
 import io
@@ -79,13 +81,8 @@ def load(path) -> Params:
   return recover_tree(list(arrays), list(arrays.values()))
 
 
-def save(params: Mapping[str, Any], path) -> None:
-  """Writes params as an official flat `.npz`, atomically.
-
-  The file appears only once complete (written beside it, then renamed), so
-  an interrupted save never leaves a half-written checkpoint.
-  """
-  path = epath.Path(path)
+def npz_bytes(params: Mapping[str, Any]) -> bytes:
+  """The official flat `.npz` file of params, in memory."""
   flat = {}
   for key, value in flatten(jax.device_get(params)).items():
     value = np.asarray(value)
@@ -94,9 +91,20 @@ def save(params: Mapping[str, Any], path) -> None:
     flat[key] = value
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
+  return buffer.getvalue()
+
+
+def save(params: Mapping[str, Any], path) -> None:
+  """Writes params as an official flat `.npz`, atomically.
+
+  The file appears only once complete (written beside it, then renamed), so
+  an interrupted save never leaves a half-written checkpoint.
+  """
+  path = epath.Path(path)
+  data = npz_bytes(params)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f'.{path.name}.tmp'
-  tmp.write_bytes(buffer.getvalue())
+  tmp.write_bytes(data)
   tmp.rename(path)
 
 
@@ -223,7 +231,12 @@ def load_pretrained(*, pretrained_path, init_params: Params,
   """Loads a pre-trained checkpoint for fine-tuning, as vit_jax does.
 
   Args:
-    pretrained_path: an official (or `save`d) `.npz` file.
+    pretrained_path: an official (or `save`d) `.npz` file, or a timm /
+      Hugging Face ViT or DeiT checkpoint: a `.safetensors` file, a `.pth` /
+      `.bin` / `.pt` state dict (needs torch), or a transformers model
+      folder (see `vit_flax.pytorch_weights`). Their architecture, GELU
+      flavour included, must be that of `model_config` (else an error names
+      each difference).
     init_params: freshly initialised params of the model to fine-tune; they
       give the target shapes and the new head.
     model_config: the model config (`representation_size`, `classifier`).
@@ -240,8 +253,9 @@ def load_pretrained(*, pretrained_path, init_params: Params,
     a checkpoint's distillation token, row and head the model lacks are
     dropped.
   """
-  restored = _fix_groupnorm(flatten(load(pretrained_path)))
   init_flat = flatten(init_params)
+  restored = _fix_groupnorm(flatten(
+      _read_pretrained(pretrained_path, model_config, init_flat)))
   num_prefix = checkpoint_prefix_tokens(restored)
 
   if model_config.get('representation_size') is None:
@@ -258,7 +272,7 @@ def load_pretrained(*, pretrained_path, init_params: Params,
     for k in dropped:
       del restored[k]
   for k, v in init_flat.items():
-    if k.startswith(('head/', 'head_dist/')) and not (
+    if k.split('/')[0] in _HEADS and not (
         keep_head and np.shape(restored.get(k)) == np.shape(v)):
       restored[k] = v  # New task, new head.
     elif (k.startswith('pre_logits/') or k == 'dist') and k not in restored:
@@ -286,6 +300,24 @@ def load_pretrained(*, pretrained_path, init_params: Params,
   cast = {k: np.asarray(restored[k]).astype(np.asarray(v).dtype)
           for k, v in init_flat.items()}
   return recover_tree(list(cast), list(cast.values()))
+
+
+# Layers reset for a new task: the head, and DeiT's distillation head.
+_HEADS = ('head', 'head_dist')
+
+
+def _read_pretrained(path, model_config: Mapping[str, Any],
+                     init_flat: Mapping[str, Any]) -> Params:
+  """The params of a `.npz`, or of a timm / HF checkpoint fitting the model."""
+  # Imported here: pytorch_weights builds on this module.
+  from vit_flax import pytorch_weights  # pylint: disable=g-import-not-at-top
+  if not pytorch_weights.is_pytorch_checkpoint(path):
+    return load(path)
+  transformer = model_config.get('transformer') or {}
+  params, arch = pytorch_weights.load(
+      path, num_heads=transformer.get('num_heads'))
+  pytorch_weights.check_fits(arch, model_config, init_flat, path)
+  return params
 
 
 def load_params(path, init_params: Optional[Params] = None) -> Params:

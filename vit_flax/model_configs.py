@@ -68,6 +68,7 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.dtype = 'float32'
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
+  config.gelu = 'tanh'  # Or 'exact' (erf), as timm / Hugging Face models.
   # For training from scratch on small data; these values are official.
   config.transformer.stochastic_depth = 0.0  # Last block's drop-path rate.
   config.transformer.attention = 'mhsa'  # Or 'lsa'.
@@ -119,6 +120,7 @@ def staged_config(model_name: str, patch: int,
   config.attention = 'mhsa'  # Or 'lsa'.
   config.patch_embedding = 'conv'  # Or 'spt'.
   config.posemb = 'learned'  # Or 'sincos2d'.
+  config.gelu = 'tanh'
   return config
 
 

@@ -5,12 +5,13 @@ Optional extras, all off by default so the numerics equal the official model:
 `locality` (depthwise 3x3 conv in the MLP, arXiv 2211.05187), a compute
 `dtype`, `attention_impl` (jax.nn.dot_product_attention, e.g. cuDNN flash
 attention; the default, `einsum_attention`, is flax's math with a backward
-pass that XLA:CPU runs faster), `remat` per block, and position embeddings
-resized in-graph when the input grid differs from the stored one
-(resolution curricula). For training from scratch on small data:
-`transformer.stochastic_depth` (DeiT's drop-path, arXiv 2012.12877),
-`patch_embedding='spt'` and `transformer.attention='lsa'` (Shifted Patch
-Tokenization and Locality Self-Attention, arXiv 2112.13492),
+pass that XLA:CPU runs faster), `remat` per block, `gelu` ('tanh', the
+official approximation, or 'exact', the erf form that timm and Hugging Face
+models use), and position embeddings resized in-graph when the input grid
+differs from the stored one (resolution curricula). For training from scratch
+on small data: `transformer.stochastic_depth` (DeiT's drop-path, arXiv
+2012.12877), `patch_embedding='spt'` and `transformer.attention='lsa'`
+(Shifted Patch Tokenization and Locality Self-Attention, arXiv 2112.13492),
 `posemb='sincos2d'` (fixed 2-D sin-cos position embeddings, as big_vision)
 and `classifier='token_distill'` (DeiT's distillation token and head).
 """
@@ -76,6 +77,23 @@ def check_small_data_options(*, prefix: str, patch_embedding: str,
     raise errors.ConfigError(
         f"{prefix}attention='lsa' cannot run with attention_impl='cudnn': "
         "use attention_impl=None (the default), 'xla' or 'auto'.")
+# 'tanh': the approximation of the official ViT (flax's nn.gelu default);
+# 'exact': the erf form, PyTorch's nn.GELU default (timm, Hugging Face).
+GELUS = ('tanh', 'exact')
+
+
+def check_gelu(gelu: str) -> None:
+  """Raises a ConfigError unless `gelu` names a GELU flavour."""
+  if gelu not in GELUS:
+    raise errors.ConfigError(
+        f'Unknown gelu {gelu!r}; expected one of {GELUS} (tanh: the official '
+        "ViT's approximation; exact: timm's and Hugging Face's erf GELU).")
+
+
+def gelu_fn(gelu: str) -> Callable[[Array], Array]:
+  """The activation named by `gelu` ('tanh' or 'exact')."""
+  check_gelu(gelu)
+  return functools.partial(nn.gelu, approximate=gelu == 'tanh')
 
 
 def linear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -422,6 +440,7 @@ class MlpBlock(nn.Module):
   out_dim: Optional[int] = None
   dropout_rate: float = 0.1
   locality: bool = False
+  gelu: str = 'tanh'
   kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
   bias_init: Callable[..., Array] = nn.initializers.normal(stddev=1e-6)
 
@@ -431,7 +450,7 @@ class MlpBlock(nn.Module):
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=self.kernel_init,
                               bias_init=self.bias_init)
-    x = nn.gelu(dense(self.mlp_dim, name='Dense_0')(inputs))
+    x = gelu_fn(self.gelu)(dense(self.mlp_dim, name='Dense_0')(inputs))
     if self.locality:
       x = self.depthwise_conv(x, grid_shape)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
@@ -443,7 +462,8 @@ class MlpBlock(nn.Module):
     if grid_shape is None:
       raise ValueError('locality=True needs the patch grid shape.')
     prefix, grid = split_prefix(x, grid_shape)
-    grid = DepthwiseConv(self.mlp_dim, dtype=self.dtype, activation=nn.gelu,
+    grid = DepthwiseConv(self.mlp_dim, dtype=self.dtype,
+                         activation=gelu_fn(self.gelu),
                          name='locality_conv')(grid)
     grid = grid.reshape(x.shape[0], -1, self.mlp_dim)
     return jnp.concatenate([prefix, grid], axis=1)
@@ -619,6 +639,7 @@ class Encoder1DBlock(nn.Module):
   attention_impl: Optional[str] = None
   drop_path_rate: float = 0.0
   attention: str = 'mhsa'
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool, grid_shape: GridShape = None,
@@ -655,7 +676,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype,
                  dropout_rate=self.dropout_rate, locality=self.locality,
-                 name='MlpBlock_3')(
+                 gelu=self.gelu, name='MlpBlock_3')(
                      y, deterministic=deterministic, grid_shape=grid_shape)
     y = DropPath(self.drop_path_rate)(y, deterministic)
     return x + y
@@ -698,6 +719,7 @@ class Encoder(nn.Module):
   stochastic_depth: float = 0.0
   attention: str = 'mhsa'
   posemb: str = 'learned'
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: GridShape = None,
@@ -727,6 +749,7 @@ class Encoder(nn.Module):
           attention_impl=self.attention_impl,
           drop_path_rate=rates[lyr],
           attention=self.attention,
+          gelu=self.gelu,
           name=f'encoderblock_{lyr}')(x, not train, grid_shape, sow_weights)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
@@ -882,6 +905,7 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   patch_embedding: str = 'conv'
   posemb: str = 'learned'
+  gelu: str = 'tanh'
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
@@ -898,6 +922,7 @@ class VisionTransformer(nn.Module):
         stochastic_depth=transformer.get('stochastic_depth', 0.0))
     if self.posemb == 'sincos2d':
       posemb_sincos_2d((1, 1), self.hidden_size)  # Checks the width.
+    check_gelu(self.gelu)
 
   def embed(self, inputs, dtype):
     """(Hybrid root and) patch embedding: images to a grid of embeddings."""
@@ -924,6 +949,7 @@ class VisionTransformer(nn.Module):
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
                   attention_impl=self.attention_impl, remat=self.remat,
                   posemb=self.posemb, **self.transformer)(
+                  gelu=self.gelu, **self.transformer)(
                       x, train=train, grid_shape=(h, w),
                       sow_weights=sow_weights)
 

@@ -141,6 +141,7 @@ class Stage(nn.Module):
   remat: bool = False
   drop_path_rates: Sequence[float] = ()  # Per block; none: 0.
   attention: str = 'mhsa'
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool, input_grid_shape: GridShape,
@@ -163,6 +164,7 @@ class Stage(nn.Module):
           drop_path_rate=(self.drop_path_rates[i] if self.drop_path_rates
                           else 0.0),
           attention=self.attention,
+          gelu=self.gelu,
           name=f'encoderblock_{i}')(x, not train, grid_shape, sow_weights)
     return x
 
@@ -181,6 +183,7 @@ class StagedEncoder(nn.Module):
   stochastic_depth: float = 0.0
   attention: str = 'mhsa'
   posemb: str = 'learned'
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid_shape: GridShape,
@@ -210,6 +213,7 @@ class StagedEncoder(nn.Module):
           remat=self.remat,
           drop_path_rates=rates[first:first + stage['num_layers']],
           attention=self.attention,
+          gelu=self.gelu,
           name=f'stage_{s}')(x, train=train,
                              input_grid_shape=grids[max(s - 1, 0)],
                              grid_shape=grids[s], sow_weights=sow_weights)
@@ -242,6 +246,7 @@ class StagedVisionTransformer(nn.Module):
   attention: str = 'mhsa'
   patch_embedding: str = 'conv'
   posemb: str = 'learned'
+  gelu: str = 'tanh'
 
   def check_config(self):
     check_stages(self.stages, self.transition)
@@ -260,6 +265,7 @@ class StagedVisionTransformer(nn.Module):
         stochastic_depth=self.stochastic_depth)
     if self.posemb == 'sincos2d':  # Checks the first stage's width.
       models.posemb_sincos_2d((1, 1), self.stages[0]['hidden_size'])
+    models.check_gelu(self.gelu)
 
   def grid_shapes(self, image_shape: Tuple[int, int]) -> List[GridShape]:
     """The patch grid of each stage for images of `image_shape` (h, w)."""
@@ -290,7 +296,8 @@ class StagedVisionTransformer(nn.Module):
         attention_dropout_rate=self.attention_dropout_rate, dtype=dtype,
         locality=self.locality, attention_impl=self.attention_impl,
         remat=self.remat, stochastic_depth=self.stochastic_depth,
-        attention=self.attention, posemb=self.posemb, name='Transformer')(
+        attention=self.attention, posemb=self.posemb, gelu=self.gelu,
+        name='Transformer')(
             x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
     return models.classifier_head(x, self.classifier,
                                   self.representation_size, self.num_classes,

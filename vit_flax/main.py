@@ -1,0 +1,57 @@
+"""Trains and evaluates a model: the `vit-flax-train` command.
+
+vit-flax-train --config=configs/quickstart.py --workdir=/tmp/quickstart
+
+The repository's `main.py` runs the same (`python main.py ...`). A config
+file's own imports (`from configs import common`) resolve from the folder
+that holds its package, whatever the working directory (see
+`vit_flax.cli`).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from vit_flax import cli
+from vit_flax import distributed
+from vit_flax import errors
+from vit_flax import host
+from vit_flax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/quickstart.py or '
+    'configs/vit_b16_finetune.py:cifar100; fields can be overridden with '
+    '--config.field=value.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for manual multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Processes in a manual run.')
+flags.DEFINE_integer('process_id', None, 'This process in a manual run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  host.hide_gpus_from_tensorflow()
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except errors.UserError as e:
+    logging.error('%s', e)
+    sys.exit(f'Error: {e}')
+
+
+def run():
+  """Parses the flags (loading --config) and trains."""
+  cli.add_config_roots()
+  cli.show_flags_in_help(__name__)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
