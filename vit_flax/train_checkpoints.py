@@ -11,7 +11,6 @@ kill -9) is never taken for a checkpoint; leftovers are removed on start.
 import contextlib
 import errno
 import json
-import logging as std_logging
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from vit_flax import errors
+from vit_flax import host
 
 # Config fields a resumed run may not change: they define the model, the
 # optimizer state's structure or the data stream.
@@ -36,20 +36,6 @@ IMMUTABLE_FIELDS = ('dataset', 'pp.train', 'model_type', 'model', 'batch',
 RENAMEABLE_FIELDS = ('model.model_name',)
 # Multi-process runs poll signals and clocks collectively this often.
 MULTI_PROCESS_POLL_STEPS = 10
-
-
-class _OrbaxInfoFilter(std_logging.Filter):
-  """Drops orbax's INFO records (several per save); keeps its warnings."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or (
-        'orbax' not in record.pathname)
-
-
-def quiet_orbax_logs() -> None:
-  logger = std_logging.getLogger('absl')
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
-    logger.addFilter(_OrbaxInfoFilter())
 
 
 def _json_ready(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -113,11 +99,29 @@ def fingerprint(tree) -> List[List[float]]:
   """(sum, sum of |x|) of each leaf, computed on the devices: what a
   restored checkpoint is verified against (cheap, and any corruption of the
   bytes that the file formats let through changes it)."""
-  def one(x):
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return []
+  # One program for the whole tree: arrays split across processes (FSDP)
+  # are reduced by the same collectives in every process, in one order
+  # (op-by-op reductions of them can deadlock over gloo).
+  meshes = {getattr(getattr(x, 'sharding', None), 'mesh', None)
+            for x in leaves}
+  if len(meshes) == 1 and None not in meshes:
+    replicated = jax.sharding.NamedSharding(meshes.pop(),
+                                            jax.sharding.PartitionSpec())
+    sums = jax.jit(_leaf_sums, out_shardings=replicated)(leaves)
+  else:  # Host arrays, or arrays on devices of their own.
+    sums = [_leaf_sums([x])[0] for x in leaves]
+  return [[float(v) for v in pair] for pair in jax.device_get(sums)]
+
+
+def _leaf_sums(leaves):
+  sums = []
+  for x in leaves:
     x = jnp.asarray(x, jnp.float32)
-    return jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x))])
-  return [[float(v) for v in pair] for pair in jax.device_get(
-      [one(x) for x in jax.tree.leaves(tree)])]
+    sums.append(jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x))]))
+  return jnp.stack(sums)
 
 
 def _fingerprints_match(saved, restored) -> bool:
@@ -177,7 +181,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir, keep: int = 3, asynchronous: bool = True):
-    quiet_orbax_logs()
+    host.quiet_orbax_logs()
     self.directory = epath.Path(workdir) / 'checkpoints'
     _open_directory(self.directory)
     _open_directory(self.directory / 'best')
