@@ -48,6 +48,15 @@ class Run:
   wall_seconds: float  # Setup, compilation, training and evaluations.
   scalars: Dict[str, List[Scalar]]
   params: Any
+  ema_params: Any = None  # With config.ema_decay: the EMA of `params`.
+
+  @property
+  def has_ema(self) -> bool:
+    return self.ema_params is not None
+
+  def evaluated_params(self):
+    """What a user of the run evaluates: the EMA when there is one."""
+    return self.ema_params if self.has_ema else self.params
 
   def final(self, tag: str) -> float:
     """The last value written under `tag`."""
@@ -115,12 +124,12 @@ def run_training(name: str, config: ml_collections.ConfigDict,
                workdir)
   start = time.time()
   state = train.train_and_evaluate(config, workdir)
-  params = jax.device_get(state.params)
   wall_seconds = time.time() - start
   logging.info('%s: done in %.0f s.', name, wall_seconds)
   return Run(name=name, config=config, workdir=workdir, start_time=start,
              wall_seconds=wall_seconds, scalars=read_scalars(workdir),
-             params=params)
+             params=jax.device_get(state.params),
+             ema_params=jax.device_get(state.ema_params))
 
 
 def num_classes_of(config: ml_collections.ConfigDict) -> int:
@@ -152,14 +161,23 @@ def evaluate_split(config: ml_collections.ConfigDict, params,
 
 
 def run_row(run: Run, train_examples: int) -> Dict[str, Any]:
-  """What every study reports of a finished run, keyed as the columns."""
+  """What every study reports of a finished run, keyed as the columns.
+
+  For a run with an EMA of its params, the test accuracy and loss are the
+  EMA's (what its best checkpoint and export hold), and `params_accuracy`
+  is that of the trained params.
+  """
   config = run.config
-  return dict(
+  prefix = 'eval_ema_' if run.has_ema else 'eval_'
+  row = dict(
       steps=config.total_steps,
       epochs=config.total_steps * config.batch / train_examples,
       img_per_sec=run.train_img_per_sec(), wall=run.wall_seconds,
-      test_accuracy=run.final('eval_accuracy'),
-      test_loss=run.final('eval_loss'))
+      test_accuracy=run.final(prefix + 'accuracy'),
+      test_loss=run.final(prefix + 'loss'))
+  if run.has_ema:
+    row['params_accuracy'] = run.final('eval_accuracy')
+  return row
 
 
 def train_and_measure(name: str, config: ml_collections.ConfigDict,
@@ -176,7 +194,8 @@ def train_and_measure(name: str, config: ml_collections.ConfigDict,
   run = run_training(name, config, workdir)
   row = run_row(run, train_examples)
   if train_split:
-    train_metrics = evaluate_split(config, run.params, train_split)
+    train_metrics = evaluate_split(config, run.evaluated_params(),
+                                   train_split)
     row.update(train_accuracy=train_metrics['eval_accuracy'],
                train_loss=train_metrics['eval_loss'])
     row.update(accuracy_gap=row['train_accuracy'] - row['test_accuracy'],

@@ -47,7 +47,11 @@ class Variant:
   `calibrate_<key>`); `label` names its runs in logs, legends and notes;
   `cells` are its own cells of the table (its name, its settings);
   `train_eval_split`, when given, is evaluated after training as the test
-  set is (train accuracy and loss, and their gaps to the test set's).
+  set is (train accuracy and loss, and their gaps to the test set's);
+  `keep_checkpoint` keeps the run's final checkpoint (e.g. for a teacher
+  that a later variant distils from); `for_budget(config, budget,
+  workdir)`, when given, adapts the config to the budget before it is
+  fitted (e.g. names the teacher trained at the same budget).
   """
 
   key: str
@@ -55,6 +59,8 @@ class Variant:
   config: ml_collections.ConfigDict
   cells: Dict[str, Any] = dataclasses.field(default_factory=dict)
   train_eval_split: Optional[str] = None
+  keep_checkpoint: bool = False
+  for_budget: Optional[Callable[..., ml_collections.ConfigDict]] = None
 
 
 @dataclasses.dataclass
@@ -144,9 +150,15 @@ def train_variant(variant: Variant, budget: budget_lib.Budget,
 
   `measures` are the variant's, from `measure_variants`.
   """
+  config = variant.config
+  if variant.for_budget is not None:
+    config = variant.for_budget(config, budget, workdir)
   config, timing = budget.fit(
-      variant.label, variant.config,
+      variant.label, config,
       os.path.join(workdir, f'calibrate_{variant.key}'), num_evals)
+  if variant.keep_checkpoint:  # One save, at the end.
+    config.checkpoint_every = config.total_steps
+    config.keep_checkpoints = 1
   measured, run = runs.train_and_measure(
       f'{variant.label} ({budget.label})', config,
       os.path.join(workdir, f'{budget.kind}_{variant.key}'),

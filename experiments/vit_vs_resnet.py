@@ -1,48 +1,92 @@
-r"""ViT vs ResNet on 10%, 30% and 100% of Fashion-MNIST, at one step budget.
+r"""ViT or CNN on small data? Fashion-MNIST subsets at equal wall clock.
 
-Trains the ViT of configs/quickstart.py and the ResNet-8 of
-configs/resnet8_quickstart.py (compute per image of the same order) on the
-first 10%, 30% and all of the training set: every run the same steps and
-batch, so a smaller subset is seen for more epochs. All are tested on the
-whole test split. Writes OUT.md (a table of the measured numbers) and OUT.png
-(the curves), from these runs only:
+Trains, on the first 10%, 30% and all of the training set, each at the same
+wall-clock budget on this machine and, beside it, for the same number of
+steps:
 
-  python -m experiments.vit_vs_resnet --out=docs/vit_vs_resnet --steps=600
+- cnn: the CNN baseline, configs/cnn_quickstart.py (a CIFAR-style ResNet
+  whose step takes about the ViT's time, with the ViT's data, augmentation,
+  optimizer and schedule);
+- vit_baseline: the ViT quickstart as it was before the data-efficient
+  recipe (experiments/recipe.py's baseline);
+- vit_recipe: the quickstart now (configs/quickstart.py: the recipe);
+- vit_spt_lsa: the same with Shifted Patch Tokenization and Locality
+  Self-Attention (arXiv 2112.13492);
+- vit_distill: the quickstart with DeiT's distillation token, distilled
+  (hard, DeiT's default) from the cnn run of the same subset and budget,
+  whose training time the report states beside it.
+
+Every run is tested on the whole test split. Writes OUT.md (tables of the
+measured numbers) and OUT.png (the curves), from these runs only:
+
+  python -m experiments.vit_vs_resnet --out=docs/vit_vs_resnet \
+      --seconds=240 --steps=2000
 """
 
 import dataclasses
-from typing import Dict, List, Tuple
+import os
+from typing import Callable, Dict, List, Tuple
 
 import ml_collections
 
+from configs import cnn_quickstart
 from configs import quickstart
-from configs import resnet8_quickstart
-from experiments import budget
+from experiments import budget as budget_lib
 from experiments import cli
+from experiments import recipe
 from experiments import report
 from experiments import study
 from vit_flax import errors
 
 
-def describe_vit(config: ml_collections.ConfigDict) -> str:
-  model, size = config.model, config.pp.crop
+def spt_lsa_config() -> ml_collections.ConfigDict:
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.model.patch_embedding = 'spt'
+    config.model.transformer.attention = 'lsa'
+  return config
+
+
+def distill_config() -> ml_collections.ConfigDict:
+  config = quickstart.get_config()
+  with config.unlocked():
+    config.model.classifier = 'token_distill'
+  return config
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """The model of a config in a few words."""
+  model = config.model
+  if config.get('model_type', 'vit') == 'resnet':
+    width = int(64 * model.width_factor)
+    widths = ', '.join(str(width * 2**i) for i in range(len(model.num_layers)))
+    return (f'ResNet, {model.stem} stem, {sum(model.num_layers)} '
+            f'{"bottleneck" if model.bottleneck else "basic"} units in '
+            f'stages of widths {widths}, GroupNorm of {model.norm_groups} '
+            'groups')
   patch = model.patches.size[0]
-  return (f'configs/quickstart.py: {model.transformer.num_layers} blocks of '
-          f'width {model.hidden_size}, {patch}x{patch} patches (a '
-          f'{size // patch}x{size // patch} grid)')
+  grid = config.pp.crop // patch
+  extras = [name for name, on in (
+      ('SPT', model.get('patch_embedding') == 'spt'),
+      ('LSA', model.transformer.get('attention') == 'lsa'),
+      ('locality', model.get('locality')),
+      ('distillation token', model.classifier == 'token_distill')) if on]
+  return (f'ViT, {model.transformer.num_layers} blocks of width '
+          f'{model.hidden_size}, {patch}x{patch} patches ({grid}x{grid} '
+          f'grid), {model.classifier} head'
+          + (f', {", ".join(extras)}' if extras else ''))
 
 
-def describe_resnet(config: ml_collections.ConfigDict) -> str:
-  del config  # Its description holds for the config file as it is.
-  return ('configs/resnet8_quickstart.py: BiT units at half width (32, 64, '
-          '128 channels at 7, 4, 2 px) after the ImageNet stem')
-
-
-# Name -> (table name, config, description of a config).
-MODELS = {
-    'vit': ('ViT', quickstart.get_config, describe_vit),
-    'resnet': ('ResNet-8', resnet8_quickstart.get_config, describe_resnet),
+# Name -> (table name, config).
+MODELS: Dict[str, Tuple[str, Callable[[], ml_collections.ConfigDict]]] = {
+    'cnn': ('CNN', cnn_quickstart.get_config),
+    'vit_baseline': ('ViT before the recipe', recipe.baseline_config),
+    'vit_recipe': ('ViT + recipe', quickstart.get_config),
+    'vit_spt_lsa': ('ViT + recipe + SPT/LSA', spt_lsa_config),
+    'vit_distill': ('ViT + recipe + distillation from the CNN',
+                    distill_config),
 }
+TEACHER = 'cnn'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +94,17 @@ class Options(cli.StudyOptions):
   out: str = cli.out_option('docs/vit_vs_resnet')
   workdir: str = cli.workdir_option('/tmp/vit_vs_resnet')
   models: Tuple[str, ...] = cli.option(
-      ('vit', 'resnet'), f'Models to compare, from: {", ".join(MODELS)}.')
+      tuple(MODELS), f'Models to compare, from: {", ".join(MODELS)} '
+      f'(vit_distill needs {TEACHER}, its teacher).')
   percents: Tuple[int, ...] = cli.option(
       (10, 30, 100), 'Training subsets: the first so many percent of the '
       'training set.')
-  steps: int = cli.option(600, 'Steps of every run, whatever its subset.')
+  seconds: float = cli.option(240.0, 'Wall-clock budget of every run (0: '
+                              'skip).')
+  steps: int = cli.option(2000, 'Steps of every run of the same-steps '
+                          'comparison (0: skip).')
+  calibration_steps: int = cli.option(
+      120, 'Steps of the run that times each model.')
   train_eval_percent: int = cli.option(
       10, 'Train accuracy is measured on the first min(this, subset) '
       'percent of the training set: examples every run trained on.')
@@ -69,37 +119,49 @@ def subset_split(percent: int) -> str:
   return 'train' if percent == 100 else f'train[:{percent}%]'
 
 
-def study_configs(options: Options
-                  ) -> Dict[Tuple[str, int], ml_collections.ConfigDict]:
-  """(model, percent) -> the config of that run, fitted to the budget."""
-  unknown = sorted(set(options.models) - set(MODELS))
-  if unknown or not options.models:
-    raise errors.UserError(f'Unknown --models {unknown}; choose from '
-                           f'{sorted(MODELS)}.')
-  if not options.percents:
-    raise errors.UserError('--percents is empty: give e.g. 10,30,100.')
-  configs = {}
-  for model in options.models:
-    base = options.with_data(MODELS[model][1]())
-    for percent in options.percents:
-      config = budget.with_total_steps(base, options.steps,
-                                       options.num_evals)
-      config.pp.train = subset_split(percent)
-      configs[model, percent] = config
-  return configs
+def teacher_for(percent: int):
+  """`for_budget` of a distilled student: the teacher is the CNN run of the
+  same subset at the same budget (its final checkpoint)."""
+  def set_teacher(config, budget, workdir):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.distill.teacher = os.path.join(
+        workdir, f'{budget.kind}_{TEACHER}_{percent}')
+    config.distill.teacher_checkpoint = 'latest'
+    return config
+  return set_teacher
 
 
 def variants(options: Options) -> List[study.Variant]:
-  """A run per (model, subset); train accuracy on data all of them saw."""
-  return [study.Variant(
-      f'{model}_{percent}', f'{MODELS[model][0]} {percent}%', config,
-      {'model': MODELS[model][0], 'percent': percent},
-      subset_split(min(percent, options.train_eval_percent)))
-          for (model, percent), config in study_configs(options).items()]
+  """A run per (model, subset): the teacher first in each subset."""
+  unknown = sorted(set(options.models) - set(MODELS))
+  if unknown or not options.models:
+    raise errors.UserError(f'Unknown --models {unknown}; choose from '
+                           f'{", ".join(MODELS)}.')
+  if 'vit_distill' in options.models and TEACHER not in options.models:
+    raise errors.UserError(
+        f'--models has vit_distill but not {TEACHER}, its teacher: add '
+        f'{TEACHER}.')
+  if not options.percents:
+    raise errors.UserError('--percents is empty: give e.g. 10,30,100.')
+  order = sorted(options.models, key=lambda m: m != TEACHER)
+  result = []
+  for percent in options.percents:
+    for model in order:
+      name, get_config = MODELS[model]
+      config = options.with_data(get_config())
+      config.pp.train = subset_split(percent)
+      result.append(study.Variant(
+          f'{model}_{percent}', f'{name} {percent}%', config,
+          {'model': name, 'model_key': model, 'percent': percent},
+          subset_split(min(percent, options.train_eval_percent)),
+          keep_checkpoint=model == TEACHER and 'vit_distill' in options.models,
+          for_budget=teacher_for(percent) if model == 'vit_distill' else None))
+  return result
 
 
-def budgets(options: Options) -> List[budget.Budget]:
-  return [budget.same_steps(options.steps)]
+def budgets(options: Options) -> List[budget_lib.Budget]:
+  return budget_lib.budgets_of(options.steps, options.seconds,
+                               options.calibration_steps)
 
 
 COLUMNS = [
@@ -108,72 +170,116 @@ COLUMNS = [
     report.Column('train_examples', 'Examples', str),
     report.PARAMS,
     report.FLOPS,
-    report.IMG_PER_SEC,
-    report.STEPS,
-    report.EPOCHS,
-    report.WALL,
-    report.TEST_ACCURACY,
-    report.TRAIN_ACCURACY,
-    report.TEST_LOSS,
+    *report.RUN_COLUMNS,
+    report.Column('with_teacher', 'Wall incl. teacher (s)',
+                  lambda x: f'{x:.0f}'),
 ]
 
 
-def panels(options, rows, runs):
-  """Accuracy and overfitting against the subset, then every run's curves."""
-  by_model = {}
+def add_teacher_time(rows):
+  """Distilled rows get the wall time of their teacher's run added."""
+  walls = {(r['budget'], r['percent']): r['wall'] for r in rows
+           if r['model_key'] == TEACHER}
   for row in rows:
-    by_model.setdefault(row['model'], []).append(row)
+    if row['model_key'] == 'vit_distill':
+      row['with_teacher'] = row['wall'] + walls[row['budget'], row['percent']]
 
-  def against_subset(key):
-    return [(name, [r['percent'] for r in model_rows],
-             [r[key] for r in model_rows])
-            for name, model_rows in by_model.items()]
 
-  def curves(tag):
-    return [(name, *run.curve(tag)) for name, run in runs.items()]
+def outcome(rows, budget) -> List[str]:
+  """Whether the best ViT matches the CNN, subset by subset."""
+  lines = []
+  for percent in sorted({r['percent'] for r in rows}):
+    here = [r for r in rows if r['percent'] == percent and
+            r['budget'] == budget.label]
+    cnn = [r for r in here if r['model_key'] == TEACHER]
+    vits = [r for r in here if r['model_key'] != TEACHER]
+    if not cnn or not vits:
+      continue
+    best = max(vits, key=lambda r: r['test_accuracy'])
+    gap = best['test_accuracy'] - cnn[0]['test_accuracy']
+    without = [r for r in vits if r['model_key'] != 'vit_distill']
+    best_alone = max(without, key=lambda r: r['test_accuracy'],
+                     default=None)
+    verdict = 'matches or beats' if gap >= 0 else 'falls short of'
+    line = (f'- {percent}% of the data: the best ViT ({best["model"]}, '
+            f'{report.format_percent(best["test_accuracy"])}) {verdict} the '
+            f'CNN ({report.format_percent(cnn[0]["test_accuracy"])}) by '
+            f'{report.format_points(gap)} points')
+    if best['model_key'] == 'vit_distill' and best_alone is not None:
+      alone_gap = best_alone['test_accuracy'] - cnn[0]['test_accuracy']
+      line += (f'; it needed the CNN as its teacher, so counting the '
+               f'teacher\'s training it took {best["with_teacher"]:.0f} s '
+               f'against the CNN\'s {cnn[0]["wall"]:.0f} s. Without a '
+               f'teacher the best ViT ({best_alone["model"]}) is '
+               f'{report.format_points(alone_gap)} points from the CNN')
+    lines.append(line + '.')
+  return lines
 
-  return [
-      report.Panel(f'test accuracy after {options.steps} steps',
-                   'training data (%)', 'test accuracy',
-                   against_subset('test_accuracy')),
-      report.Panel('overfitting', 'training data (%)',
-                   'train minus test accuracy',
-                   against_subset('accuracy_gap')),
-      report.Panel('test accuracy', 'step', 'test accuracy',
-                   curves('eval_accuracy')),
-      report.Panel('training loss', 'step', 'training objective (batch mean)',
-                   curves('loss')),
-  ]
+
+def panels(options, results: study.StudyResults):
+  """Accuracy and overfitting against the subset per budget, then the
+  curves of the full-data runs."""
+  out = []
+  for budget in results.budgets:
+    rows = [r for r in results.rows if r['budget'] == budget.label]
+    by_model = {}
+    for row in rows:
+      by_model.setdefault(row['model'], []).append(row)
+    for key, title in (('test_accuracy', 'test accuracy'),
+                       ('accuracy_gap', 'train minus test accuracy')):
+      out.append(report.Panel(
+          f'{budget.label}: {title}', 'training data (%)', title,
+          [(name, [r['percent'] for r in model_rows],
+            [r.get(key, float('nan')) for r in model_rows])
+           for name, model_rows in by_model.items()]))
+  largest = max(options.percents)
+  for budget in results.budgets:
+    runs = {label: run for label, run in results.runs_at(budget).items()
+            if label.endswith(f' {largest}%')}
+    out += report.budget_panels(budget, runs)[:1]
+  return out
 
 
 def write_report(options: Options, results: study.StudyResults):
-  runs = results.runs_at()
-  first = next(iter(runs.values())).config
-  descriptions = [f'- {name}, {describe(get_config())}'
-                  for name, get_config, describe in (MODELS[m]
-                                                     for m in options.models)]
-  lines = results.header('ViT vs ResNet on subsets of Fashion-MNIST') + [
+  rows = results.rows
+  add_teacher_time(rows)
+  descriptions = []
+  for model in sorted(options.models, key=lambda m: m != TEACHER):
+    name, get_config = MODELS[model]
+    descriptions.append(f'- {name} ({model}): {describe(get_config())}')
+  lines = results.header('ViT or CNN on small data: subsets of Fashion-MNIST')
+  lines += ['', 'Models:', '', *descriptions, '']
+  for budget in results.budgets:
+    budget_rows = [r for r in rows if r['budget'] == budget.label]
+    lines += [f'## {budget.label[0].upper()}{budget.label[1:]}', '',
+              report.markdown_table(budget_rows, COLUMNS)]
+    lines += ['Outcome:', '', *outcome(rows, budget), '']
+  first = quickstart.get_config()
+  lines += [
+      '## Notes',
       '',
-      'Models (same data, optimiser, batch, schedule and step count; only '
-      'the model and the training subset differ):',
-      '',
-      *descriptions,
-      '',
-      report.markdown_table(results.rows, COLUMNS),
-      f'- Every run trains {options.steps} steps of batch {first.batch} '
-      f'({first.optimizer}, peak learning rate {first.base_lr}, '
-      f'{first.warmup_steps}-step warm-up, then {first.decay_type}), so '
-      'the smaller subsets are seen for more epochs. Subsets are the first '
-      'examples of the training set (TFDS slicing, e.g. `train[:10%]`); '
-      'the test accuracy is over the whole test split.',
+      '- Every model trains with the data, augmentation, optimizer and '
+      f'schedule of configs/quickstart.py ({first.optimizer}, peak learning '
+      f'rate {first.base_lr}, warm-up then {first.decay_type}); the '
+      'baseline ViT with those it had before the recipe. A wall-clock '
+      'budget covers the whole run (data, compilation, training, '
+      'evaluations); each model\'s steps were fitted to it after a '
+      f'{options.calibration_steps}-step calibration run, keeping the whole '
+      'schedule. Subsets are the first examples of the training set (TFDS '
+      'slicing, e.g. `train[:10%]`); a smaller subset is seen for more '
+      'epochs. The test accuracy is over the whole test split.',
+      '- The distilled ViT learns from the CNN run of the same subset and '
+      'budget (hard distillation on its final params); "Wall incl. '
+      'teacher" adds that run\'s wall time.',
       '- Train acc.: the first min(subset, '
       f'{options.train_eval_percent}%) of the training set, which every run '
-      'trained on, evaluated after training exactly as the test set is (no '
-      'label smoothing): the gap to the test accuracy shows overfitting.',
+      'trained on, evaluated after training as the test set is (no label '
+      'smoothing, no augmentation): the gap to the test accuracy shows '
+      'overfitting.',
+      *report.over_budget_notes(rows),
       *report.cost_notes(first.pp.crop),
   ]
-  report.write_report(options.out, lines,
-                      panels(options, results.rows, runs), ncols=2)
+  report.write_report(options.out, lines, panels(options, results), ncols=2)
 
 
 STUDY = study.Study('experiments.vit_vs_resnet', Options, variants, budgets,

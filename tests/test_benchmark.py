@@ -195,6 +195,6 @@ def test_bad_config_is_a_clear_error():
        '--config=configs/quickstart.py', '--config.mesh_fsdp=3'],
       capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0
-  assert 'Error: mesh_fsdp=3 must be >= 1 and divide the device count (1)' in (
+  assert 'Error: config.mesh_fsdp=3 must be >= 1 and divide the device count (1)' in (
       result.stderr)
   assert 'Traceback' not in result.stderr

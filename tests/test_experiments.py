@@ -14,12 +14,13 @@ import pytest
 
 from configs import common as common_config
 from configs import quickstart
-from configs import resnet8_quickstart
+from configs import cnn_quickstart
 from experiments import budget
 from experiments import cli
 from experiments import curriculum
 from experiments import locality
 from experiments import patch_size
+from experiments import recipe
 from experiments import report
 from experiments import runs
 from experiments import staged_vs_tower
@@ -231,30 +232,42 @@ def split_labels(config, split):
 def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
   options = vit_vs_resnet.Options(percents=(10, 30, 100), steps=50,
                                   fashion_mnist_dir=data_dir)
-  configs = vit_vs_resnet.study_configs(options)
-  assert set(configs) == {(m, p) for m in ('vit', 'resnet')
-                          for p in (10, 30, 100)}
-  whole = split_labels(configs['vit', 100], 'train')
-  for (model, percent), config in configs.items():
-    # Same steps and batch whatever the subset.
-    assert (config.total_steps, config.batch) == (50, 256)
-    assert config.get('model_type', 'vit') == model
+  variants = vit_vs_resnet.variants(options)
+  assert [v.key for v in variants] == [
+      f'{m}_{p}' for p in (10, 30, 100) for m in vit_vs_resnet.MODELS]
+  whole = split_labels(variants[0].config, 'train')
+  for variant in variants:
+    config = variant.config
+    percent = variant.cells['percent']
     expected = round(NUM_TRAIN * percent / 100)
     assert runs.num_train_examples(config) == expected
     np.testing.assert_array_equal(split_labels(config, config.pp.train),
                                   whole[:expected])
+    # The teacher keeps its checkpoint for the student of its subset.
+    is_teacher = variant.cells['model_key'] == 'cnn'
+    assert variant.keep_checkpoint == is_teacher
+    if variant.cells['model_key'] == 'vit_distill':
+      for each in vit_vs_resnet.budgets(options):
+        student = variant.for_budget(config, each, '/runs')
+        assert student.distill.teacher == f'/runs/{each.kind}_cnn_{percent}'
+        assert student.model.classifier == 'token_distill'
   for percent in (0, 101):
     with pytest.raises(errors.ConfigError, match='not in'):
       vit_vs_resnet.subset_split(percent)
+  with pytest.raises(errors.UserError, match='not cnn, its teacher'):
+    vit_vs_resnet.variants(vit_vs_resnet.Options(models=('vit_distill',)))
 
 
-def test_resnet_costs_the_same_order_as_the_vit():
-  vit, resnet = quickstart.get_config(), resnet8_quickstart.get_config()
-  ratio = (model_stats.config_flops(resnet, 10) /
+def test_the_cnn_costs_the_same_order_as_the_vit():
+  vit, cnn = quickstart.get_config(), cnn_quickstart.get_config()
+  ratio = (model_stats.config_flops(cnn, 10) /
            model_stats.config_flops(vit, 10))
   assert 1 / 3 < ratio < 3
-  assert 1 / 3 < (model_stats.config_params(resnet, 10) /
+  assert 1 / 3 < (model_stats.config_params(cnn, 10) /
                   model_stats.config_params(vit, 10)) < 3
+  # The same data, augmentation and optimisation; only the model differs.
+  assert {name.split('.')[0] for name in differences(
+      vit.to_dict(), cnn.to_dict())} == {'model', 'model_type'}
 
 
 def differences(a, b, prefix=''):
@@ -352,12 +365,18 @@ def test_budget_panels_draw_runs_on_the_axis_of_their_budget():
 
 
 def table_rows(markdown):
-  """The rows of the results table (the one after the machine table)."""
-  tables = re.findall(r'((?:^\|.*\|\n)+)', markdown, re.M)
-  lines = tables[1].strip().split('\n')
-  header = [c.strip() for c in lines[0].strip('|').split('|')]
-  return [dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
-          for line in lines[2:]]
+  """The rows of the results tables: the one after the machine table, and
+  those with its header after it (a table per budget)."""
+  tables = [t.strip().split('\n') for t in
+            re.findall(r'((?:^\|.*\|\n)+)', markdown, re.M)][1:]
+  rows = []
+  for lines in tables:
+    if lines[0] != tables[0][0]:
+      continue
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    rows += [dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
+             for line in lines[2:]]
+  return rows
 
 
 def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
@@ -401,6 +420,8 @@ FAKE_STUDIES = {
         steps=20, seconds=60.0, calibration_steps=20,
         models=('tower', 'staged_pool'))),
     'vit_vs_resnet': (vit_vs_resnet, dict(steps=20, percents=(10, 100))),
+    'recipe': (recipe, dict(seconds=60.0, calibration_steps=20,
+                            ingredients=('mixup', 'ema'))),
 }
 
 

@@ -18,7 +18,6 @@ from vit_flax import errors
 from vit_flax import model_configs
 from vit_flax import model_stats
 from vit_flax import models
-from vit_flax import models_staged
 
 
 def init(config, image_size=16, num_classes=5, batch=2, seed=0):
@@ -373,7 +372,7 @@ def test_gelu_reaches_the_model_and_bad_values_are_clear_errors(model_type):
   if model_type == 'vit':
     config = tiny_model_config()
   else:
-    config = models_staged.staged_config('t', 4, [(1, 8, 2, 16)])
+    config = model_configs.staged_config('t', 4, [(1, 8, 2, 16)])
   images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   model = model_configs.create_model(model_type, config, 3)
   params = model.init(jax.random.key(1), images, train=False)

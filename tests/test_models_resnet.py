@@ -273,3 +273,17 @@ def test_trains_end_to_end_on_mock_cifar10(tmp_path):
   assert int(state.step) == 3
   assert state.params['head']['kernel'].shape == (64, 10)  # cifar10
   assert np.any(np.asarray(state.params['head']['kernel']))  # It learned.
+
+
+def test_fewer_norm_groups_allow_narrow_cnns():
+  config = model_configs.resnet_config('narrow', (1, 1, 1), bottleneck=False,
+                                       width_factor=0.25, stem='cifar',
+                                       norm_groups=8)
+  model = model_configs.create_model('resnet', config, 10)
+  params = model_configs.abstract_params(model, 28)
+  assert params['conv_root']['kernel'].shape == (3, 3, 3, 16)
+  assert params['block3']['unit1']['conv1']['kernel'].shape[-1] == 64
+  config.norm_groups = 32
+  with pytest.raises(errors.ConfigError, match='norm_groups=32'):
+    model_configs.abstract_params(
+        model_configs.create_model('resnet', config, 10), 28)

@@ -57,7 +57,7 @@ def test_train_command_loads_a_repository_config_from_another_folder(
   # The config (which imports `from configs import common`) loaded, and
   # training refused the bad value with its one-line message.
   assert done.returncode != 0
-  assert 'Error: accum_steps=0 must be >= 1.' in done.stderr, done.stderr
+  assert 'Error: config.accum_steps=0 cannot work' in done.stderr, done.stderr
   assert 'Traceback' not in done.stderr
 
 

@@ -60,7 +60,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from configs import common  # noqa: E402
 import pytorch_layouts  # noqa: E402
-from vit_flax import checkpoint, checkpointing, model_configs  # noqa: E402
+from vit_flax import checkpoint, errors, model_configs  # noqa: E402
+from vit_flax import train_checkpoints  # noqa: E402
 from vit_flax import pytorch_weights  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix='verify_torch_')
@@ -117,7 +118,7 @@ def part_a():
     params = jax.tree.map(lambda p: (0.3 * rng.randn(*p.shape)).astype(
         np.float32), init_params(config.model))
     workdir = os.path.join(TMP, f'run_{classifier}_{gelu}')
-    ckpt = checkpointing.Checkpointer(workdir, asynchronous=False)
+    ckpt = train_checkpoints.Checkpointer(workdir, asynchronous=False)
     ckpt.save_if_best(1, params, config, accuracy=0.5)
     ckpt.wait()
     ckpt.close()
@@ -193,7 +194,7 @@ def part_b():
                                init_params=init_params(config.model),
                                model_config=config.model)
     print('BAD fc_norm loaded')
-  except checkpoint.CheckpointError as e:
+  except errors.CheckpointError as e:
     print(f'OK  fc_norm refused: {str(e)[:160]}...')
   # DeiT distilled: param level, and the NumPy reference against timm.
   model = randomize_torch(timm.create_model(

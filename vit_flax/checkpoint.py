@@ -157,11 +157,11 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int,
   the official code); the prefix rows ahead of it are kept as they are.
   Give the prefix as `num_prefix_tokens` (`models.num_prefix_tokens`: 2 for
   DeiT's class and distillation tokens) or, as vit_jax does,
-  `has_class_token`.
+  `has_class_token`; with both, `num_prefix_tokens` counts.
   """
-  if (has_class_token is None) == (num_prefix_tokens is None):
-    raise TypeError('interpolate_posembed takes exactly one of '
-                    'has_class_token and num_prefix_tokens.')
+  if has_class_token is None and num_prefix_tokens is None:
+    raise TypeError('interpolate_posembed needs has_class_token or '
+                    'num_prefix_tokens.')
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise errors.CheckpointError(

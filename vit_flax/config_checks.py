@@ -180,9 +180,10 @@ def _check_devices(config, num_devices: int) -> None:
   fsdp = config.get('mesh_fsdp', 1)
   if num_devices % fsdp:
     raise errors.ConfigError(
-        f'config.mesh_fsdp={fsdp} must divide the device count '
-        f'({num_devices}); e.g. mesh_fsdp=1 (replicated) or {num_devices} '
-        '(every device holds a part).')
+        f'config.mesh_fsdp={fsdp} must be >= 1 and divide the device count '
+        f'({num_devices}); e.g. mesh_fsdp=1 (params replicated)' +
+        (f' or {num_devices} (every device holds a part).'
+         if num_devices > 1 else '.'))
   accum = config.get('accum_steps', 1)
   if config.batch % (num_devices * accum):
     raise errors.ConfigError(

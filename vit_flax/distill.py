@@ -15,16 +15,14 @@ temperature^2 * KL(softmax(teacher / T) || softmax(student / T)).
 """
 
 import dataclasses
-import importlib.util
 import os
-import sys
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
+from vit_flax import cli
 from vit_flax import errors
 from vit_flax import inference
 from vit_flax import model_configs
@@ -78,33 +76,6 @@ def options_from_config(config) -> Optional[DistillOptions]:
   return options
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """The `get_config()` of a config file, `path[:argument]`, as `--config`
-  loads it; its imports (`from configs import common`) resolve from the
-  folder above its package."""
-  path, _, argument = spec.partition(':')
-  if not os.path.isfile(path):
-    raise errors.ConfigError(
-        f'Config file {path} does not exist; give the path of the config the '
-        'teacher was trained with, e.g. configs/resnet8_quickstart.py.')
-  root = os.path.dirname(os.path.abspath(path))
-  while os.path.exists(os.path.join(root, '__init__.py')):
-    root = os.path.dirname(root)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  module_spec = importlib.util.spec_from_file_location('teacher_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-    return module.get_config(*([argument] if argument else []))
-  except errors.UserError:
-    raise
-  except Exception as e:  # A config file is code: anything can go wrong.
-    raise errors.ConfigError(
-        f'Config file {spec} cannot be loaded ({type(e).__name__}: {e}).'
-    ) from e
-
-
 @dataclasses.dataclass
 class Teacher:
   """A frozen model and its params (numpy, on the host until placed)."""
@@ -142,7 +113,7 @@ def load_teacher(config, num_classes: int, image_size: int) -> Teacher:
                                               model_name=teacher_config)
     else:
       loaded = inference.load_inference_model(
-          which=teacher, config=load_config_file(teacher_config))
+          which=teacher, config=cli.load_config_file(teacher_config))
   else:
     raise errors.ConfigError(
         f'config.distill.teacher={teacher!r} does not exist; give the workdir '

@@ -5,6 +5,7 @@ the hint to preload tcmalloc for XLA:CPU, and keeping TensorFlow (which only
 feeds data) off the accelerators that JAX uses.
 """
 
+import logging as std_logging
 import os
 import platform
 from typing import Dict
@@ -19,6 +20,29 @@ def hide_gpus_from_tensorflow() -> None:
   otherwise reserve their memory), leaving them to JAX."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+
+
+class _OrbaxInfoFilter(std_logging.Filter):
+  """Drops orbax's INFO records (several per save); keeps its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or (
+        'orbax' not in record.pathname)
+
+
+def quiet_orbax_logs() -> None:
+  logger = std_logging.getLogger('absl')
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
+
+
+def quiet_startup_logs() -> None:
+  """Hides start-up lines that need no action (jax's probe for a TPU,
+  orbax's INFO lines per file) unless `--verbosity` is 1 or more."""
+  if logging.get_verbosity() >= logging.DEBUG:
+    return
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  quiet_orbax_logs()
 
 
 def host_cpu() -> str:

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from vit_flax import checkpoint
 from vit_flax import errors
+from vit_flax import host
 from vit_flax import input_pipeline
 from vit_flax import model_configs
 from vit_flax import models
@@ -192,7 +193,7 @@ def load_inference_model(*, workdir: Optional[str] = None,
       raise errors.UserError(
           'A run checkpoint (--workdir) carries its own config; --config and '
           '--model are for .npz checkpoints.')
-    train_checkpoints.quiet_orbax_logs()
+    host.quiet_orbax_logs()
     config, params = train_checkpoints.restore_for_inference(workdir, which,
                                                              ema=ema)
     source = f'The {which} checkpoint of {workdir}'

@@ -83,7 +83,8 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
 
 def resnet_config(model_name: str, num_layers: Sequence[int],
                   bottleneck: bool = True, width_factor: float = 1.0,
-                  stem: str = 'imagenet') -> ml_collections.ConfigDict:
+                  stem: str = 'imagenet',
+                  norm_groups: int = 32) -> ml_collections.ConfigDict:
   """A config of `models_resnet.ResNet` (model_type 'resnet')."""
   config = ml_collections.ConfigDict()
   config.model_name = model_name
@@ -91,6 +92,7 @@ def resnet_config(model_name: str, num_layers: Sequence[int],
   config.bottleneck = bottleneck
   config.width_factor = float(width_factor)
   config.stem = stem
+  config.norm_groups = norm_groups
   config.dtype = 'float32'
   return config
 

@@ -948,8 +948,7 @@ class VisionTransformer(nn.Module):
       x = add_prefix_tokens(self, x, self.classifier, dtype)
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
                   attention_impl=self.attention_impl, remat=self.remat,
-                  posemb=self.posemb, **self.transformer)(
-                  gelu=self.gelu, **self.transformer)(
+                  posemb=self.posemb, gelu=self.gelu, **self.transformer)(
                       x, train=train, grid_shape=(h, w),
                       sow_weights=sow_weights)
 

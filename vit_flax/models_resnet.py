@@ -37,7 +37,7 @@ class StdConv(nn.Conv):
     return value
 
 
-def shortcut(x, out_features, strides, dtype):
+def shortcut(x, out_features, strides, dtype, groups=GN_GROUPS):
   """Identity, or a strided 1x1 conv and GN where the shape changes.
 
   Call it from inside a compact method: `conv_proj` and `gn_proj` become
@@ -47,7 +47,7 @@ def shortcut(x, out_features, strides, dtype):
     return x
   x = StdConv(out_features, (1, 1), strides, use_bias=False, dtype=dtype,
               name='conv_proj')(x)
-  return nn.GroupNorm(dtype=dtype, name='gn_proj')(x)
+  return nn.GroupNorm(groups, dtype=dtype, name='gn_proj')(x)
 
 
 class ResidualUnit(nn.Module):
@@ -56,22 +56,27 @@ class ResidualUnit(nn.Module):
   features: int
   strides: Sequence[int] = (1, 1)
   dtype: jnp.dtype = jnp.float32
+  norm_groups: int = GN_GROUPS
 
   @nn.compact
   def __call__(self, x):
     out_features = self.features * 4
-    residual = shortcut(x, out_features, self.strides, self.dtype)
+    residual = shortcut(x, out_features, self.strides, self.dtype,
+                        self.norm_groups)
 
     y = StdConv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                 name='conv1')(x)
-    y = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn1')(y))
+    y = nn.relu(nn.GroupNorm(self.norm_groups, dtype=self.dtype,
+                             name='gn1')(y))
     y = StdConv(self.features, (3, 3), self.strides, use_bias=False,
                 dtype=self.dtype, name='conv2')(y)
-    y = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn2')(y))
+    y = nn.relu(nn.GroupNorm(self.norm_groups, dtype=self.dtype,
+                             name='gn2')(y))
     y = StdConv(out_features, (1, 1), use_bias=False, dtype=self.dtype,
                 name='conv3')(y)
     # Zero-initialised last scale: each unit starts as the identity.
-    y = nn.GroupNorm(dtype=self.dtype, scale_init=nn.initializers.zeros,
+    y = nn.GroupNorm(self.norm_groups, dtype=self.dtype,
+                     scale_init=nn.initializers.zeros,
                      name='gn3')(y)
     return nn.relu(residual + y)
 
@@ -82,18 +87,22 @@ class BasicUnit(nn.Module):
   features: int
   strides: Sequence[int] = (1, 1)
   dtype: jnp.dtype = jnp.float32
+  norm_groups: int = GN_GROUPS
 
   @nn.compact
   def __call__(self, x):
-    residual = shortcut(x, self.features, self.strides, self.dtype)
+    residual = shortcut(x, self.features, self.strides, self.dtype,
+                        self.norm_groups)
 
     y = StdConv(self.features, (3, 3), self.strides, use_bias=False,
                 dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn1')(y))
+    y = nn.relu(nn.GroupNorm(self.norm_groups, dtype=self.dtype,
+                             name='gn1')(y))
     y = StdConv(self.features, (3, 3), use_bias=False, dtype=self.dtype,
                 name='conv2')(y)
     # Zero-initialised last scale, as in the bottleneck unit.
-    y = nn.GroupNorm(dtype=self.dtype, scale_init=nn.initializers.zeros,
+    y = nn.GroupNorm(self.norm_groups, dtype=self.dtype,
+                     scale_init=nn.initializers.zeros,
                      name='gn2')(y)
     return nn.relu(residual + y)
 
@@ -106,19 +115,21 @@ class ResNetStage(nn.Module):
   first_stride: Sequence[int]
   dtype: jnp.dtype = jnp.float32
   bottleneck: bool = True
+  norm_groups: int = GN_GROUPS
 
   @nn.compact
   def __call__(self, x):
     unit = ResidualUnit if self.bottleneck else BasicUnit
     x = unit(self.nout, strides=self.first_stride, dtype=self.dtype,
-             name='unit1')(x)
+             norm_groups=self.norm_groups, name='unit1')(x)
     for i in range(1, self.block_size):
-      x = unit(self.nout, dtype=self.dtype, name=f'unit{i + 1}')(x)
+      x = unit(self.nout, dtype=self.dtype, norm_groups=self.norm_groups,
+               name=f'unit{i + 1}')(x)
     return x
 
 
 def resnet_root(x, num_layers, width_factor, dtype=jnp.float32,
-                bottleneck=True, stem='imagenet'):
+                bottleneck=True, stem='imagenet', norm_groups=GN_GROUPS):
   """Stem (7x7/2 conv, GN, ReLU, 3x3/2 max-pool) then the stages.
 
   Call it from inside a compact method: its layers become children of the
@@ -133,13 +144,14 @@ def resnet_root(x, num_layers, width_factor, dtype=jnp.float32,
   else:
     x = StdConv(width, (3, 3), use_bias=False, dtype=dtype,
                 name='conv_root')(x)
-  x = nn.relu(nn.GroupNorm(dtype=dtype, name='gn_root')(x))
+  x = nn.relu(nn.GroupNorm(norm_groups, dtype=dtype, name='gn_root')(x))
   if stem == 'imagenet':
     x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
   for i, block_size in enumerate(num_layers):
     x = ResNetStage(block_size=block_size, nout=width * 2**i,
                     first_stride=(1, 1) if i == 0 else (2, 2), dtype=dtype,
-                    bottleneck=bottleneck, name=f'block{i + 1}')(x)
+                    bottleneck=bottleneck, norm_groups=norm_groups,
+                    name=f'block{i + 1}')(x)
   return x
 
 
@@ -159,6 +171,10 @@ class ResNet(nn.Module):
   stem: str = 'imagenet'
   model_name: Optional[str] = None
   dtype: Any = 'float32'
+  # GroupNorm groups; BiT's 32 needs widths of 32 and more (width_factor
+  # 0.5); fewer groups allow the narrower nets that small data and a CPU
+  # afford.
+  norm_groups: int = GN_GROUPS
 
   def check_config(self):
     if self.stem not in STEMS:
@@ -169,12 +185,14 @@ class ResNet(nn.Module):
           f'ResNet num_layers={tuple(self.num_layers)} must list at least one '
           'stage, each with at least one unit, e.g. (2, 2, 2, 2).')
     width = int(64 * self.width_factor)
-    if width < GN_GROUPS or width % GN_GROUPS:
+    groups = self.norm_groups
+    if groups < 1 or width < groups or width % groups:
       raise errors.ConfigError(
           f'ResNet width_factor={self.width_factor} gives a root width of '
-          f'{width}, which GroupNorm cannot split into {GN_GROUPS} groups; '
-          'use a width_factor that makes 64 * width_factor a multiple of '
-          f'{GN_GROUPS} (0.5, 1, 1.5, 2, ...).')
+          f'{width}, which GroupNorm cannot split into norm_groups={groups} '
+          'groups; use a width_factor that makes 64 * width_factor a '
+          f'multiple of {groups} (e.g. {groups / 64:g}, {2 * groups / 64:g}), '
+          'or fewer norm_groups.')
 
   @nn.compact
   def __call__(self, inputs, *, train):
@@ -182,7 +200,8 @@ class ResNet(nn.Module):
     self.check_config()
     dtype = jnp.dtype(self.dtype)
     x = resnet_root(inputs.astype(dtype), self.num_layers, self.width_factor,
-                    dtype, bottleneck=self.bottleneck, stem=self.stem)
+                    dtype, bottleneck=self.bottleneck, stem=self.stem,
+                    norm_groups=self.norm_groups)
     # The logits are computed in float32 whatever the compute dtype.
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
     if self.num_classes:

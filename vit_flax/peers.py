@@ -603,11 +603,10 @@ def measure_row(row: Row, peers: Sequence[str], rounds: int, steps: int,
 
 
 def host_description() -> Dict[str, Any]:
-  from vit_flax import benchmark  # pylint: disable=g-import-not-at-top
-  from vit_flax import train  # pylint: disable=g-import-not-at-top
+  from vit_flax import host  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  return {'host_cpu': benchmark.host_cpu(), 'host_cpus': os.cpu_count(),
-          'malloc': train.host_allocator(), 'jax_version': jax.__version__,
+  return {'host_cpu': host.host_cpu(), 'host_cpus': os.cpu_count(),
+          'malloc': host.host_allocator(), 'jax_version': jax.__version__,
           'num_devices': jax.device_count(),
           'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'load_average_1min': os.getloadavg()[0]}

@@ -178,6 +178,7 @@ def define_flags():
 
 
 def main(argv):
+  host.quiet_startup_logs()
   host.hide_gpus_from_tensorflow()
   paths = argv[1:]
   if not paths:

@@ -222,8 +222,8 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
   ema_warmup_power = config.get('ema_warmup_power', 0.0)
   distill_options = (distill.options_from_config(config)
                      if teacher_model is not None else None)
-  two_heads = (config.model.get('classifier') == 'token_distill' and
-               distill_options is not None)
+  two_heads = distill_options is not None and (
+      (config.get('model') or {}).get('classifier') == 'token_distill')
   replicated = NamedSharding(mesh, P())
   if state_shardings is None:
     if FSDP_AXIS in mesh.axis_names:

@@ -716,6 +716,7 @@ def define_flags():
 
 
 def main(argv):
+  host.quiet_startup_logs()
   host.hide_gpus_from_tensorflow()
   try:
     loaded = inference.load_model_from_flags()
