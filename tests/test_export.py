@@ -13,15 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from helpers import tiny_model_config
+import pytorch_layouts
 from pytorch_layouts import flat
 from vit_flax import checkpoint
-from vit_flax import checkpointing
+from vit_flax import train_checkpoints
 from vit_flax import errors
 from vit_flax import export
 from vit_flax import model_configs
-from vit_flax import models_staged
+from vit_flax import models
 from vit_flax import pytorch_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,13 +44,14 @@ def random_params(config, num_classes=5, seed=0):
   params = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(seed), jnp.ones((1, 16, 16, 3)))['params']
   rng = np.random.RandomState(seed + 1)
-  return jax.tree.map(lambda p: 0.5 * rng.randn(*p.shape).astype(p.dtype),
-                      jax.device_get(params))
+  return jax.tree.map(
+      lambda p: np.asarray(0.5 * rng.randn(*p.shape), p.dtype),
+      jax.device_get(params))
 
 
 def make_workdir(path, config, params):
   """A workdir whose best checkpoint holds `params` and `config`."""
-  checkpointer = checkpointing.Checkpointer(path, asynchronous=False)
+  checkpointer = train_checkpoints.Checkpointer(path, asynchronous=False)
   try:
     checkpointer.save_if_best(1, params, config, accuracy=0.5)
     checkpointer.wait()
@@ -69,6 +72,11 @@ def logits(config, params):
     ('safetensors', 'gap', 'tanh'),
     ('hf', 'token', 'tanh'),
     ('hf', 'token', 'exact'),
+    # DeiT's distillation token: timm's VisionTransformerDistilled, HF's
+    # DeiTForImageClassificationWithTeacher.
+    ('npz', 'token_distill', 'tanh'),
+    ('safetensors', 'token_distill', 'tanh'),
+    ('hf', 'token_distill', 'exact'),
 ])
 def test_export_and_import_back_is_exact(tmp_path, fmt, classifier, gelu):
   config = run_config(classifier, gelu)
@@ -134,9 +142,189 @@ def test_loading_code_gives_the_exact_timm_arguments(tmp_path):
   assert "load_state_dict(safetensors.torch.load_file('m.safetensors'))" in (
       code)
   assert 'from_pretrained' in export.loading_code(params, config, 'd', 'hf')
-  config.model.locality = True
-  assert export.loading_code(params, config, 'm.npz', 'npz').startswith(
-      '# timm cannot load this model: ')
+  config.model.locality = True  # timm cannot compute it: vit_flax's lines.
+  code = export.loading_code(params, config, 'm.npz', 'npz')
+  assert code.startswith('# model.locality=True (a depthwise conv in every')
+  assert 'timm.create_model' not in code and 'create_model(' in code
+
+
+# DeiT's distillation token (classifier='token_distill').
+
+
+def test_distilled_model_is_timms_deit_with_its_keys_and_logits():
+  config = run_config('token_distill')
+  params = random_params(config)
+  state = pytorch_weights.to_timm(params, config.model)
+  assert state['dist_token'].shape == (1, 1, 16)
+  assert state['cls_token'].shape == (1, 1, 16)
+  assert state['pos_embed'].shape == (1, 2 + 16, 16)
+  assert state['head_dist.weight'].shape == (5, 16)
+  assert state.keys() == pytorch_layouts.timm_state(params).keys()
+  # What timm's DeiT computes from it (tests/pytorch_layouts.py, NumPy).
+  np.testing.assert_allclose(
+      pytorch_layouts.timm_forward(state, IMAGES, 2, 'tanh'),
+      logits(config, params), atol=1e-4, rtol=1e-4)
+  args = pytorch_weights.timm_model_args(params, config.model)
+  assert (args['class_token'], args['global_pool']) == (True, 'token')
+  code = export.loading_code(params, config, 'm.safetensors', 'safetensors')
+  assert "'deit_base_distilled_patch16_224', pretrained=False" in code
+  assert "global_pool='token'" in code
+
+
+def test_distilled_model_is_hf_deit_with_teacher():
+  config = run_config('token_distill')
+  params = random_params(config)
+  files = export.encode(params, config, 'hf')
+  hf_config = json.loads(files['config.json'])
+  assert hf_config['architectures'] == [
+      'DeiTForImageClassificationWithTeacher']
+  assert (hf_config['model_type'], hf_config['image_size']) == ('deit', 16)
+  state = safetensors.numpy.load(files['model.safetensors'])
+  want = pytorch_layouts.hf_state(params, prefix='deit.',
+                                  distilled_heads=True)
+  assert state.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(state[key], want[key], err_msg=key)
+  assert state['deit.embeddings.distillation_token'].shape == (1, 1, 16)
+  assert state['distillation_classifier.weight'].shape == (5, 16)
+
+
+# Fixed sin-cos position embeddings (posemb='sincos2d'): no param.
+
+
+def sincos_table(num_prefix, grid=(4, 4), width=16):
+  return np.concatenate([np.zeros((num_prefix, width), np.float32),
+                         models.posemb_sincos_2d(grid, width)])[None]
+
+
+def test_sincos2d_npz_export_reads_back_with_the_same_config(tmp_path):
+  config = run_config(posemb='sincos2d')
+  params = random_params(config)
+  assert pytorch_weights.POSEMB not in flat(params)
+  workdir = make_workdir(tmp_path / 'run', config, params)
+  out = tmp_path / 'model.npz'
+  export.export(workdir, str(out), best=True, fmt='npz')
+  restored = checkpoint.load_pretrained(
+      pretrained_path=out, init_params=random_params(config, seed=3),
+      model_config=config.model, keep_head=True)
+  np.testing.assert_array_equal(logits(config, restored),
+                                logits(config, params))
+  code = export.loading_code(params, config, out, 'npz')
+  assert 'timm.create_model' not in code  # timm's npz reader needs a table.
+  assert "model.posemb='sincos2d' does" in code
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap', 'token_distill'])
+def test_sincos2d_is_written_as_the_table_timm_adds(tmp_path, classifier):
+  config = run_config(classifier, posemb='sincos2d')
+  params = random_params(config)
+  num_prefix = models.num_prefix_tokens(classifier)
+  state = pytorch_weights.to_timm(params, config.model, image_size=16)
+  np.testing.assert_array_equal(state['pos_embed'], sincos_table(num_prefix))
+  # timm adds pos_embed to [prefix tokens, patches in row-major order]:
+  # the logits of vit_flax's sincos2d model.
+  pool = 'avg' if classifier == 'gap' else 'token'
+  np.testing.assert_allclose(
+      pytorch_layouts.timm_forward(state, IMAGES, 2, 'tanh', pool),
+      logits(config, params), atol=1e-4, rtol=1e-4)
+  args = pytorch_weights.timm_model_args(params, config.model, image_size=16)
+  assert (args['img_size'], args['patch_size']) == (16, 4)
+  # The file loads as a learned table, computing the same at that size.
+  out = tmp_path / 'model.safetensors'
+  export.write_atomically(out, export.encode(params, config, 'safetensors'))
+  learned = run_config(classifier)
+  restored = checkpoint.load_pretrained(
+      pretrained_path=out, init_params=random_params(learned, seed=3),
+      model_config=learned.model, keep_head=True)
+  np.testing.assert_allclose(logits(learned, restored),
+                             logits(config, params), atol=1e-5, rtol=0)
+  with pytest.raises(errors.CheckpointError,
+                     match="posemb='sincos2d' computes fixed position "
+                     "embeddings.*use posemb='learned'"):
+    checkpoint.load_pretrained(
+        pretrained_path=out, init_params=random_params(config, seed=3),
+        model_config=config.model, keep_head=True)
+
+
+def test_sincos2d_is_written_as_the_hf_position_embeddings(tmp_path):
+  config = run_config('token_distill', posemb='sincos2d')
+  params = random_params(config)
+  files = export.encode(params, config, 'hf')
+  state = safetensors.numpy.load(files['model.safetensors'])
+  np.testing.assert_array_equal(
+      state['deit.embeddings.position_embeddings'], sincos_table(2))
+  assert json.loads(files['config.json'])['image_size'] == 16
+  out = tmp_path / 'model_hf'
+  export.write_atomically(out, files)
+  loaded, _ = pytorch_weights.load(out)
+  want = {**flat(params), pytorch_weights.POSEMB: sincos_table(2)}
+  got = flat(loaded)
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  code = export.loading_code(params, config, out, 'hf')
+  assert "model.posemb='sincos2d' as a fixed table for\n# 16x16 images" in (
+      code)
+
+
+def test_sincos2d_without_an_image_size_is_a_clear_error():
+  config = run_config(posemb='sincos2d')
+  with pytest.raises(errors.UserError, match=r"posemb='sincos2d'.*image size"
+                     r'.*config\.pp\.crop'):
+    pytorch_weights.to_timm(random_params(config), config.model)
+
+
+# SPT and LSA: npz only, with vit_flax's loading lines.
+
+
+def lsa_config():
+  config = run_config()
+  config.model.transformer.attention = 'lsa'
+  return config
+
+
+SMALL_DATA_MODELS = {
+    'spt': (lambda: run_config(patch_embedding='spt'),
+            "model.patch_embedding='spt' (Shifted Patch Tokenization)"),
+    'lsa': (lsa_config, "model.transformer.attention='lsa' (Locality "
+            'Self-Attention'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(SMALL_DATA_MODELS))
+def test_spt_and_lsa_npz_prints_vit_flax_loading_code_that_works(
+    tmp_path, name):
+  make_config, feature = SMALL_DATA_MODELS[name]
+  config = make_config()
+  params = random_params(config)
+  out = tmp_path / 'model.npz'
+  export.write_atomically(out, export.encode(params, config, 'npz'))
+  code = export.loading_code(params, config, out, 'npz')
+  assert code.startswith(f'# {feature[:40]}')
+  assert 'import timm' not in code and 'load_pretrained' not in code
+  namespace = {'images': IMAGES}
+  exec(code, namespace)  # pylint: disable=exec-used
+  np.testing.assert_allclose(np.asarray(namespace['logits']),
+                             logits(config, params), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('name', sorted(SMALL_DATA_MODELS))
+@pytest.mark.parametrize('fmt', ['safetensors', 'hf'])
+def test_spt_and_lsa_are_refused_for_timm_and_hf_naming_the_feature(
+    tmp_path, name, fmt):
+  make_config, feature = SMALL_DATA_MODELS[name]
+  config = make_config()
+  workdir = make_workdir(tmp_path / 'run', config, random_params(config))
+  with pytest.raises(errors.UserError) as e:
+    export.export(workdir, str(tmp_path / 'out'), best=True, fmt=fmt)
+  message = str(e.value)
+  assert message.startswith(f'{feature}')
+  assert 'no timm equivalent' in message or (
+      'no Hugging Face transformers equivalent' in message)
+  assert message.endswith('Export it with --format=npz instead; vit_flax '
+                          'reads it.')
+  assert '\n' not in message and 'vit_jax' not in message
+  assert os.listdir(tmp_path) == ['run']
 
 
 # What the formats cannot express, and failures: no output, no temp file.
@@ -147,26 +335,55 @@ def test_loading_code_gives_the_exact_timm_arguments(tmp_path):
     ('hf', dict(locality=True), 'locality'),
     ('hf', dict(classifier='gap'), "classifier='gap'"),
     ('safetensors', dict(representation_size=4), 'representation_size'),
+    ('hf', dict(patch_embedding='spt'), "patch_embedding='spt'"),
+    ('safetensors', dict(posemb='sincos2d', locality=True), 'locality'),
 ])
 def test_unexpressible_model_is_an_error_naming_the_feature(
     tmp_path, fmt, change, feature):
   config = run_config(**change)
   params = random_params(config)
+  workdir = make_workdir(tmp_path / 'run', config, params)
   with pytest.raises(errors.UserError, match=feature):
-    export.write_atomically(tmp_path / 'out', export.encode(params, config,
-                                                            fmt))
-  assert not os.listdir(tmp_path)
+    export.export(workdir, str(tmp_path / 'out'), best=True, fmt=fmt)
+  assert os.listdir(tmp_path) == ['run']  # No output, no temp file.
+
+
+def test_refusal_is_one_sentence_and_names_who_reads_the_npz():
+  config = run_config(locality=True)
+  params = random_params(config)
+  with pytest.raises(errors.UserError) as e:
+    export.encode(params, config, 'safetensors')
+  assert str(e.value) == (
+      'model.locality=True (a depthwise conv in every MLP) has no timm '
+      'equivalent, so this model cannot be exported for timm '
+      '(--format=safetensors). Export it with --format=npz instead; '
+      'vit_flax reads it.')
+  # vit_jax builds a ViT with pre_logits, and so reads its npz.
+  config = run_config(representation_size=4)
+  with pytest.raises(errors.UserError,
+                     match='vit_flax and vit_jax read it.$'):
+    export.encode(random_params(config), config, 'safetensors')
+  assert pytorch_weights.npz_readers('vit', run_config().model) == (
+      'vit_flax and vit_jax read it')
+  for change in (dict(locality=True), dict(patch_embedding='spt'),
+                 dict(posemb='sincos2d'), dict(classifier='token_distill'),
+                 dict(gelu='exact')):
+    assert pytorch_weights.npz_readers(
+        'vit', run_config(**change).model) == 'vit_flax reads it', change
+  assert pytorch_weights.npz_readers('vit', lsa_config().model) == (
+      'vit_flax reads it')
 
 
 def test_staged_and_hybrid_models_are_errors_naming_the_feature():
   staged = common.get_config()
   staged.model_type = 'staged'
-  staged.model = models_staged.staged_config('s', 4, [(1, 8, 2, 16),
+  staged.model = model_configs.staged_config('s', 4, [(1, 8, 2, 16),
                                                       (1, 16, 2, 32)])
   params = random_params(staged)
   for fmt in ('safetensors', 'hf'):
     with pytest.raises(errors.UserError,
-                       match=r"model_type='staged' \(staged widths\)"):
+                       match=r"model_type='staged' \(staged widths\) has no "
+                       '.*; vit_flax reads it.$'):
       export.encode(params, staged, fmt)
   hybrid = run_config(patch=1)
   hybrid.model.resnet = {'num_layers': (1,), 'width_factor': 0.5}

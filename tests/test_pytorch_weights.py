@@ -19,6 +19,7 @@ from helpers import tiny_model_config
 import pytorch_layouts
 from pytorch_layouts import flat
 from vit_flax import checkpoint
+from vit_flax import errors
 from vit_flax import models
 from vit_flax import pytorch_weights
 
@@ -106,7 +107,7 @@ def test_timm_architecture_comes_from_shapes_and_heads_from_the_caller(
           arch.num_tokens) == ('timm', 16, 2, 32, (4, 4), False, 5, 16)
   assert arch.num_heads is None  # A state dict does not say.
   assert (arch.gelu, arch.gelu_stated) == ('exact', False)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='number of attention heads is needed'):
     pytorch_weights.load(path)
 
@@ -131,7 +132,7 @@ def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
   path = tmp_path / 'deit_tiny.pth'
   path.write_bytes(b'PK\x03\x04archive/data.pkl')
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r"torch is not installed.*vit_flax\[torch\].*"
                      r'safetensors\.torch\.save_file'):
     load_pretrained(path, config_for())
@@ -299,7 +300,7 @@ def test_distilled_checkpoint_into_a_model_without_the_token(tmp_path):
   pytorch_layouts.write_safetensors(
       tmp_path / 'deit.safetensors',
       pytorch_layouts.timm_state(distilled_params()))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='has a DeiT distillation token.*that the model '
                      'lacks'):
     load_pretrained(tmp_path / 'deit.safetensors', config_for())
@@ -341,7 +342,7 @@ def write_timm(tmp_path, params=None, edit=None, name='model.safetensors'):
 def test_timm_mismatch_names_both_values(tmp_path, overrides, message):
   path = write_timm(tmp_path)
   config = config_for(**overrides)
-  with pytest.raises(checkpoint.CheckpointError, match=message):
+  with pytest.raises(errors.CheckpointError, match=message):
     checkpoint.load_pretrained(pretrained_path=path, init_params={},
                                model_config=config)
 
@@ -351,7 +352,7 @@ def test_heads_mismatch_with_hf_config_names_both_values(tmp_path):
   pytorch_layouts.write_hf_folder(
       tmp_path / 'hf', pytorch_layouts.hf_state(params),
       pytorch_layouts.hf_config(heads=4))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'num_heads=2 but the checkpoint has 4 '
                      r'\(num_attention_heads\)'):
     load_pretrained(tmp_path / 'hf', config_for())
@@ -359,7 +360,7 @@ def test_heads_mismatch_with_hf_config_names_both_values(tmp_path):
 
 def test_missing_key_is_named(tmp_path):
   path = write_timm(tmp_path, edit=lambda s: s.pop('blocks.1.mlp.fc2.bias'))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'lacks 1 keys.*blocks\.1\.mlp\.fc2\.bias'):
     load_pretrained(path, config_for())
 
@@ -372,7 +373,7 @@ def test_missing_key_is_named(tmp_path):
 def test_extra_key_is_named_with_its_feature(tmp_path, key, feature):
   path = write_timm(
       tmp_path, edit=lambda s: s.update({key: np.ones(16, np.float32)}))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=rf'1 keys .* no parameter for: {key}') as error:
     load_pretrained(path, config_for())
   if feature:
@@ -383,7 +384,7 @@ def test_hf_config_that_contradicts_its_tensors(tmp_path):
   pytorch_layouts.write_hf_folder(
       tmp_path / 'hf', pytorch_layouts.hf_state(random_params()),
       pytorch_layouts.hf_config(hidden=32))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='does not match its weights: hidden_size=32 but '
                      'the tensors have 16'):
     pytorch_weights.load(tmp_path / 'hf')
@@ -394,7 +395,7 @@ def test_timm_config_that_contradicts_its_tensors(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({
       'architecture': 'vit_small_patch16_224',
       'model_args': {'embed_dim': 384, 'patch_size': 16, 'num_heads': 6}}))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='timm arguments .* do not match its weights: '
                      'embed_dim=384 but the tensors have 16; patch_size=16 '
                      'but the tensors have 4'):
@@ -405,7 +406,7 @@ def test_hf_config_of_another_model_type(tmp_path):
   pytorch_layouts.write_hf_folder(
       tmp_path / 'hf', pytorch_layouts.hf_state(random_params()),
       pytorch_layouts.hf_config(model_type='beit'))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match="config of a 'beit' model.*'vit', 'deit'"):
     pytorch_weights.load(tmp_path / 'hf')
 
@@ -415,7 +416,7 @@ def test_state_dict_of_another_model(tmp_path):
       tmp_path / 'resnet.safetensors',
       {'conv1.weight': np.zeros((8, 3, 7, 7), np.float32),
        'fc.weight': np.zeros((10, 8), np.float32)})
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='neither a timm ViT/DeiT.*conv1.weight'):
     load_pretrained(tmp_path / 'resnet.safetensors', config_for())
 
@@ -424,11 +425,11 @@ def test_truncated_safetensors_and_empty_folder(tmp_path):
   path = write_timm(tmp_path)
   data = path.read_bytes()
   (tmp_path / 'cut.safetensors').write_bytes(data[:len(data) // 2])
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='not a readable safetensors file'):
     pytorch_weights.load(tmp_path / 'cut.safetensors', 2)
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='holds none of model.safetensors'):
     pytorch_weights.load(tmp_path / 'empty')
   with pytest.raises(FileNotFoundError, match='does not exist'):
@@ -437,7 +438,7 @@ def test_truncated_safetensors_and_empty_folder(tmp_path):
 
 def test_heads_that_do_not_divide_the_width(tmp_path):
   path = write_timm(tmp_path)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r'does not split into 3 x 3 heads'):
     pytorch_weights.load(path, num_heads=3)
 
@@ -449,16 +450,16 @@ def test_export_names_what_the_format_cannot_express():
       (dict(representation_size=8), 'timm', 'representation_size'),
       (dict(classifier='gap'), 'hf', "classifier='gap'"),
   ):
-    with pytest.raises(checkpoint.CheckpointError, match=feature):
+    with pytest.raises(errors.CheckpointError, match=feature):
       if fmt == 'timm':
         pytorch_weights.to_timm(params, config_for(**overrides))
       else:
         pytorch_weights.to_hf(params, config_for(**overrides))
-  with pytest.raises(checkpoint.CheckpointError, match='staged widths'):
+  with pytest.raises(errors.CheckpointError, match='staged widths'):
     pytorch_weights.to_timm(params, config_for(), model_type='staged')
   params['Transformer']['encoderblock_0']['MlpBlock_3']['locality_conv'] = {
       'kernel': np.zeros((3, 3, 1, 32), np.float32)}
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='no place for: .*locality_conv/kernel'):
     pytorch_weights.to_timm(params, config_for())
 
@@ -481,7 +482,7 @@ def test_timm_model_args_of_a_gap_model():
             'cls': np.zeros((1, 1, 22), np.float32),
             'Transformer': {'posembed_input': {
                 'pos_embedding': np.zeros((1, 17, 22), np.float32)}}}
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match='cannot express mlp_dim=49 at width 22'):
     pytorch_weights.timm_model_args(params, config)
 
@@ -526,7 +527,7 @@ def test_training_fine_tunes_from_a_timm_file(tmp_path):
           want[pytorch_weights.POSEMB], 1 + 16, True), rtol=1e-6)
 
   config.model.gelu = 'tanh'  # The default: timm's exact GELU differs.
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match="config.model.gelu='tanh' but the checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / 'run_tanh'))
 

@@ -6,23 +6,34 @@ python -m vit_flax.export --workdir=/tmp/run --out=model.safetensors \\
 python -m vit_flax.export --workdir=/tmp/run --out=model_hf --format=hf
 
 Formats:
-- `npz`: the official flat `.npz` (what `checkpoint.load_pretrained`,
-  vit_jax and timm's npz reader load).
+- `npz`: the official flat `.npz`, for every model (what
+  `checkpoint.load_pretrained` reads; vit_jax and timm's npz reader too for
+  the plain ViTs they build).
 - `safetensors`: a timm state dict (timm's key names) in a safetensors file;
-  its metadata holds the timm `create_model` arguments of the model.
+  its metadata holds the timm `create_model` arguments of the model (a
+  distilled model is timm's `VisionTransformerDistilled`).
 - `hf`: a folder with `model.safetensors` and `config.json` in the layout of
   transformers' `ViTForImageClassification` (with a distillation token,
   `DeiTForImageClassificationWithTeacher`).
 
-It prints the Python lines that load the result in timm or transformers
-with the logits of vit_flax. Each output appears whole or not at all: it is
+timm and transformers have no equivalent of some vit_flax features (locality,
+SPT, LSA, staged widths, a hybrid root, pre_logits): exporting those for them
+is an error naming the feature, before anything is written. Fixed sin-cos
+position embeddings (`posemb='sincos2d'`) are written as the table they add
+at `config.pp.crop`, which timm and transformers then add as theirs.
+
+It prints the Python lines that load the result in timm, transformers or,
+for an npz that timm cannot read as this model, vit_flax, with the logits
+of vit_flax. Each output appears whole or not at all: it is
 written beside its destination under a temporary name and renamed at the
 end, and the temporary file or folder is removed on any failure. An
 existing output is an error unless --overwrite is given.
 """
 
 import json
+import pprint
 import sys
+import textwrap
 from typing import Any, Dict, Mapping, Optional
 import uuid
 
@@ -33,6 +44,7 @@ from etils import epath
 
 from vit_flax import checkpoint
 from vit_flax import cli
+from vit_flax import host
 from vit_flax import train_checkpoints
 from vit_flax import errors
 from vit_flax import pytorch_weights
@@ -58,6 +70,13 @@ def _model(config: Mapping[str, Any]):
   return config.get('model_type', 'vit'), config['model']
 
 
+def _image_size(config: Mapping[str, Any]) -> Optional[int]:
+  """The evaluation image size of the run (`config.pp.crop`), if known."""
+  pp = config.get('pp')
+  crop = pp.get('crop') if pp is not None else None
+  return int(crop) if crop else None
+
+
 def encode(params, config: Mapping[str, Any], fmt: str) -> Dict[str, bytes]:
   """The files of `fmt` in memory: {None: bytes} or {name in folder: bytes}.
 
@@ -70,12 +89,16 @@ def encode(params, config: Mapping[str, Any], fmt: str) -> Dict[str, bytes]:
   model_type, model_config = _model(config)
   if fmt == 'npz':
     return {None: checkpoint.npz_bytes(params)}
+  image_size = _image_size(config)
   if fmt == 'safetensors':
-    state = pytorch_weights.to_timm(params, model_config, model_type)
-    args = pytorch_weights.timm_model_args(params, model_config, model_type)
+    state = pytorch_weights.to_timm(params, model_config, model_type,
+                                    image_size)
+    args = pytorch_weights.timm_model_args(params, model_config, model_type,
+                                           image_size)
     return {None: pytorch_weights.safetensors_bytes(
         state, {pytorch_weights.TIMM_ARGS_METADATA: json.dumps(args)})}
-  state, hf_config = pytorch_weights.to_hf(params, model_config, model_type)
+  state, hf_config = pytorch_weights.to_hf(params, model_config, model_type,
+                                           image_size)
   return {'model.safetensors': pytorch_weights.safetensors_bytes(state),
           'config.json': (json.dumps(hf_config, indent=2) + '\n').encode()}
 
@@ -122,19 +145,29 @@ def _remove(path: epath.Path) -> None:
 
 
 def loading_code(params, config: Mapping[str, Any], out, fmt: str) -> str:
-  """Python lines that load `out` in timm / transformers, as text."""
+  """Python lines that load `out` in timm / transformers, as text.
+
+  An npz that timm's reader cannot load as this model (a model timm has no
+  equivalent of, a distillation token, no learned position embeddings)
+  gets vit_flax's own lines instead, after a comment saying why and who
+  reads it.
+  """
   model_type, model_config = _model(config)
   out = str(out)
+  image_size = _image_size(config)
   if fmt == 'hf':
-    return (
-        'from transformers import AutoModelForImageClassification\n'
-        f'model = AutoModelForImageClassification.from_pretrained({out!r})\n'
-        f'{_INPUTS}\n'
-        'logits = model(pixel_values=images).logits')
-  try:
-    args = pytorch_weights.timm_model_args(params, model_config, model_type)
-  except errors.UserError as e:
-    return f'# timm cannot load this model: {e}'
+    return '\n'.join(
+        ['from transformers import AutoModelForImageClassification',
+         f'model = AutoModelForImageClassification.from_pretrained({out!r})']
+        + _sincos_note(model_config, image_size)
+        + [_INPUTS, 'logits = model(pixel_values=images).logits'])
+  if fmt == 'npz':
+    why_not_timm = _why_timm_cannot_read_npz(params, model_type, model_config)
+    if why_not_timm:
+      return _vit_flax_loading_code(params, model_type, model_config, out,
+                                    why_not_timm)
+  args = pytorch_weights.timm_model_args(params, model_config, model_type,
+                                         image_size)
   arguments = ''.join(f',\n    {k}={v!r}' for k, v in args.items())
   lines = ['import timm']
   if fmt == 'safetensors':
@@ -147,6 +180,7 @@ def loading_code(params, config: Mapping[str, Any], out, fmt: str) -> str:
         f'model.load_state_dict(safetensors.torch.load_file({out!r}))')
   else:
     lines.append(f"model.load_pretrained({out!r})  # timm's vit_jax reader")
+  lines += _sincos_note(model_config, image_size)
   lines.append(_INPUTS)
   lines.append('logits = model.eval()(images)')
   return '\n'.join(lines)
@@ -156,19 +190,82 @@ _INPUTS = ("# images: vit_flax's input (pixels / 127.5 - 1) as a float32 "
            'torch\n# tensor of shape (batch, 3, height, width).')
 
 
+def _sincos_note(model_config, image_size):
+  if model_config.get('posemb', 'learned') != 'sincos2d':
+    return []
+  return ["# Its position embeddings are model.posemb='sincos2d' as a fixed "
+          f'table for\n# {image_size}x{image_size} images (config.pp.crop): '
+          'give images of that size.']
+
+
+def _why_timm_cannot_read_npz(params, model_type: str,
+                              model_config: Mapping[str, Any]
+                              ) -> Optional[str]:
+  """Why timm's npz reader cannot load this model (None: it can)."""
+  features = pytorch_weights.unexportable_features(model_type, model_config,
+                                                   'timm')
+  readers = pytorch_weights.npz_readers(model_type, model_config)
+  if features:
+    return (f'{pytorch_weights.no_equivalent(features, "timm")}; '
+            f'{readers}.')
+  flat = checkpoint.flatten(params)
+  if 'dist' in flat:
+    return ("timm's npz reader skips the distillation token and head "
+            '(export with --format=safetensors for timm, --format=hf for '
+            f'transformers); {readers}.')
+  if pytorch_weights.POSEMB not in flat:
+    return ("timm's npz reader needs learned position embeddings, which "
+            f'{pytorch_weights.posemb_feature(model_config)} does not have '
+            '(export with --format=safetensors for timm, --format=hf for '
+            f'transformers: they get them as a table); {readers}.')
+  try:
+    pytorch_weights.timm_model_args(params, model_config, model_type)
+  except errors.UserError as e:
+    return f"{str(e).rstrip('.')}; {readers}."
+  return None
+
+
+def _vit_flax_loading_code(params, model_type: str,
+                           model_config: Mapping[str, Any], out: str,
+                           why_not_timm: str) -> str:
+  head = checkpoint.flatten(params).get('head/bias')
+  num_classes = 0 if head is None else int(head.shape[-1])
+  if hasattr(model_config, 'to_dict'):
+    model_config = model_config.to_dict()
+  literal = pprint.pformat(dict(model_config), width=74, sort_dicts=False)
+  literal = literal.replace('\n', '\n    ')
+  comment = '\n'.join(
+      '# ' + line
+      for line in textwrap.wrap(f"{why_not_timm.rstrip('.')}:", 76))
+  return '\n'.join([
+      comment,
+      'from vit_flax import checkpoint',
+      'from vit_flax import model_configs',
+      f'model = model_configs.create_model(\n    {model_type!r},\n    '
+      f'{literal},\n    num_classes={num_classes})',
+      f'params = checkpoint.load({out!r})',
+      "# images: vit_flax's input (pixels / 127.5 - 1) as a float32 array "
+      'of\n# shape (batch, height, width, 3).',
+      "logits = model.apply({'params': params}, images, train=False)"])
+
+
 def _export(workdir: str, out: str, best: bool, fmt: str, overwrite: bool,
             ema: bool = False):
+  """(config, params, loading code), once `out` is written."""
   config, params = train_checkpoints.restore_for_inference(
       workdir, 'best' if best else 'latest', ema=ema)
-  write_atomically(out, encode(params, config, fmt), overwrite)
-  return config, params
+  files = encode(params, config, fmt)
+  # Before writing: whatever fails, fails with nothing written.
+  code = loading_code(params, config, out, fmt)
+  write_atomically(out, files, overwrite)
+  return config, params, code
 
 
 def export(workdir: str, out: str, best: bool = False, fmt: str = 'npz',
            overwrite: bool = False, ema: bool = False) -> int:
   """Writes the latest (or best) checkpoint's params (or, with `ema`, their
   EMA); returns their count."""
-  _, params = _export(workdir, out, best, fmt, overwrite, ema)
+  _, params, _ = _export(workdir, out, best, fmt, overwrite, ema)
   count = sum(x.size for x in checkpoint.flatten(params).values())
   logging.info('Wrote %d parameters to %s (%s).', count, out, fmt)
   return count
@@ -176,13 +273,14 @@ def export(workdir: str, out: str, best: bool = False, fmt: str = 'npz',
 
 def main(argv):
   del argv
+  host.quiet_startup_logs()
   try:
-    config, params = _export(FLAGS.workdir, FLAGS.out, FLAGS.best,
-                             FLAGS.format, FLAGS.overwrite, FLAGS.ema)
+    _, _, code = _export(FLAGS.workdir, FLAGS.out, FLAGS.best, FLAGS.format,
+                         FLAGS.overwrite, FLAGS.ema)
   except errors.UserError as e:
     sys.exit(f'Error: {e}')
   print(f'Wrote {FLAGS.out}. To load it:\n')
-  print(loading_code(params, config, FLAGS.out, FLAGS.format))
+  print(code)
 
 
 def run():

@@ -39,6 +39,8 @@ import numpy as np
 import safetensors.numpy
 
 from vit_flax import checkpoint
+from vit_flax import errors
+from vit_flax import models
 
 Params = Dict[str, Any]
 Flat = Dict[str, np.ndarray]
@@ -80,7 +82,7 @@ _FEATURES = (
 )
 
 
-class PyTorchWeightsError(checkpoint.CheckpointError):
+class PyTorchWeightsError(errors.CheckpointError):
   """A timm / Hugging Face checkpoint that cannot be read or converted."""
 
 
@@ -574,6 +576,8 @@ def _from_timm(state: Flat, metadata, config, num_heads, name
     if args.get('fc_norm') and classifier == 'gap':
       raise PyTorchWeightsError(
           f'{name} has fc_norm=True: {_FEATURES[0][1]}.')
+    if classifier == 'token' and 'dist' in flat:  # timm's distilled DeiT.
+      classifier = 'token_distill'
   stated = 'act_layer' in args
   source = (f'act_layer={act!r}' if stated else
             "timm's default act_layer, nn.GELU; no config says otherwise")
@@ -618,7 +622,8 @@ def _from_hf(state: Flat, prefix: str, config, num_heads, name
             "transformers' default hidden_act, 'gelu'; no config.json says")
   return flat, _shape_architecture(
       flat, 'hf', num_heads=heads if 'num_attention_heads' in config else None,
-      classifier='token', gelu=HF_GELUS[act], gelu_source=source,
+      classifier='token_distill' if 'dist' in flat else 'token',
+      gelu=HF_GELUS[act], gelu_source=source,
       gelu_stated=stated,
       layer_norm_eps=config.get('layer_norm_eps', 1e-12))
 
@@ -716,14 +721,17 @@ def check_fits(arch: Architecture, model_config: Mapping[str, Any],
       wrong.append(f'config.model.{field}={theirs} but the checkpoint has '
                    f'{ours} ({their_name})')
   classifier = model_config.get('classifier', 'token')
-  model_cls = classifier in ('token', 'token_unpooled')
+  model_cls = models.num_prefix_tokens(classifier) > 0
+  # Whether there is a distillation token is told below, once.
+  pooling = {'token_distill': 'token'}
   if arch.class_token != model_cls:
     wrong.append(
         f'the checkpoint has {"a" if arch.class_token else "no"} class token '
         f'but config.model.classifier={classifier!r} has '
         f'{"one" if model_cls else "none"}; use classifier='
         f'{"token" if arch.class_token else "gap"!r}')
-  elif arch.classifier is not None and arch.classifier != classifier:
+  elif arch.classifier is not None and pooling.get(
+      arch.classifier, arch.classifier) != pooling.get(classifier, classifier):
     wrong.append(f'config.model.classifier={classifier!r} but the checkpoint '
                  f'pools as {arch.classifier!r}')
   if arch.distilled != ('dist' in init_flat):
@@ -731,6 +739,14 @@ def check_fits(arch: Architecture, model_config: Mapping[str, Any],
         f'the checkpoint {"has" if arch.distilled else "lacks"} a DeiT '
         'distillation token (dist_token / distillation_token) that the model '
         f'{"lacks" if arch.distilled else "has"}')
+  if model_config.get('posemb', 'learned') == 'sincos2d':
+    wrong.append(
+        "config.model.posemb='sincos2d' computes fixed position embeddings, "
+        'but the checkpoint holds a table of them (its pos_embed / '
+        "position_embeddings); use posemb='learned' to load it (a vit_flax "
+        "sincos2d model exported for timm or transformers holds its sin-cos "
+        'table, which computes the same at the image size it was exported '
+        'at)')
   gelu = model_config.get('gelu', 'tanh')
   if arch.gelu != gelu:
     hint = ''
@@ -756,45 +772,134 @@ def check_fits(arch: Architecture, model_config: Mapping[str, Any],
 # Writing: vit_flax params in timm's and transformers' layouts.
 
 
+def unexportable_features(model_type: str, model_config: Mapping[str, Any],
+                          fmt: str, flat: Optional[Flat] = None) -> List[str]:
+  """The features of the model that the PyTorch layout `fmt` ('timm', 'hf')
+  has no equivalent of, each as config field and what it is ([]: none)."""
+  features = []
+  if model_type != 'vit':
+    return [f"model_type={model_type!r}"
+            f"{' (staged widths)' if model_type == 'staged' else ''}"]
+  target = {'timm': 'timm', 'hf': 'transformers'}[fmt]
+  transformer = model_config.get('transformer') or {}
+  if model_config.get('resnet') is not None:
+    features.append('model.resnet (a hybrid ResNet root)')
+  if model_config.get('locality'):
+    features.append('model.locality=True (a depthwise conv in every MLP)')
+  if model_config.get('patch_embedding', 'conv') == 'spt':
+    features.append("model.patch_embedding='spt' (Shifted Patch "
+                    'Tokenization)')
+  if transformer.get('attention', 'mhsa') == 'lsa':
+    features.append("model.transformer.attention='lsa' (Locality "
+                    'Self-Attention: a learned temperature and a masked '
+                    'diagonal)')
+  if model_config.get('representation_size') is not None:
+    features.append(f'model.representation_size='
+                    f"{model_config['representation_size']} (a pre_logits "
+                    f'layer, which {target} ViTs do not have)')
+  if fmt == 'hf':
+    classifier = model_config.get('classifier', 'token')
+    if classifier not in ('token', 'token_distill'):
+      features.append(f'model.classifier={classifier!r} (transformers ViTs '
+                      'classify the class token, DeiTs also the distillation '
+                      'token)')
+    if flat is not None and 'head/kernel' not in flat:
+      features.append('a model without a head (num_classes=0)')
+    patch = tuple(model_config['patches']['size'])
+    if patch[0] != patch[1]:
+      features.append(f'a non-square patch {patch}')
+  return features
+
+
+def vit_jax_builds(model_type: str, model_config: Mapping[str, Any]) -> bool:
+  """Whether vit_jax builds this model (and so computes it from an npz):
+  a plain ViT with conv patches, learned position embeddings, a token / gap
+  / unpooled classifier, standard attention, tanh GELU and no locality."""
+  transformer = model_config.get('transformer') or {}
+  return (model_type == 'vit' and
+          not model_config.get('locality') and
+          model_config.get('patch_embedding', 'conv') == 'conv' and
+          model_config.get('posemb', 'learned') == 'learned' and
+          model_config.get('classifier', 'token') in (
+              'token', 'gap', 'unpooled', 'token_unpooled') and
+          transformer.get('attention', 'mhsa') == 'mhsa' and
+          model_config.get('gelu', 'tanh') == 'tanh')
+
+
+def npz_readers(model_type: str, model_config: Mapping[str, Any]) -> str:
+  """Who reads this model's npz export, for messages."""
+  return ('vit_flax and vit_jax read it' if vit_jax_builds(
+      model_type, model_config) else 'vit_flax reads it')
+
+
+def no_equivalent(features: Sequence[str], target: str) -> str:
+  """'X has no timm equivalent' / 'X; Y have no timm equivalent'."""
+  verb = 'has' if len(features) == 1 else 'have'
+  return f'{"; ".join(features)} {verb} no {target} equivalent'
+
+
 def _check_exportable(flat: Flat, model_type: str,
                       model_config: Mapping[str, Any], fmt: str) -> None:
   """A model that `fmt` cannot express is an error naming the feature."""
-  target = {'timm': 'timm', 'hf': 'Hugging Face transformers'}[fmt]
-  features = []
-  if model_type != 'vit':
-    features.append(f"model_type={model_type!r}"
-                    f"{' (staged widths)' if model_type == 'staged' else ''}")
-  else:
-    if model_config.get('resnet') is not None:
-      features.append('a hybrid ResNet root (config.model.resnet)')
-    if model_config.get('locality'):
-      features.append('locality (a depthwise conv in every MLP)')
-    if model_config.get('representation_size') is not None:
-      features.append('representation_size (a pre_logits layer, which '
-                      f'{target} ViTs do not have)')
-    classifier = model_config.get('classifier', 'token')
-    if fmt == 'hf' and classifier != 'token':
-      features.append(f'classifier={classifier!r} (transformers ViTs '
-                      'classify the class token)')
-    if fmt == 'hf' and 'head/kernel' not in flat:
-      features.append('no head (num_classes=0)')
-    patch = tuple(model_config['patches']['size'])
-    if fmt == 'hf' and patch[0] != patch[1]:
-      features.append(f'a non-square patch {patch}')
+  features = unexportable_features(model_type, model_config, fmt, flat)
   if features:
+    target = {'timm': 'timm', 'hf': 'Hugging Face transformers'}[fmt]
+    option = {'timm': 'safetensors', 'hf': 'hf'}[fmt]
     raise PyTorchWeightsError(
-        f'{target} cannot express this model: {"; ".join(features)}. Export '
-        'it as npz (vit_flax and vit_jax read it) instead.')
+        f'{no_equivalent(features, target)}, so this model cannot be '
+        f'exported for {target} (--format={option}). Export it with '
+        '--format=npz instead; '
+        f'{npz_readers(model_type, model_config)}.')
 
 
-def _grid_side(flat: Flat, num_prefix: int) -> int:
-  grid = flat[POSEMB].shape[1] - num_prefix
+def _grid_side(posemb: np.ndarray, num_prefix: int) -> int:
+  grid = posemb.shape[1] - num_prefix
   side = math.isqrt(grid)
   if side * side != grid:
     raise PyTorchWeightsError(
         f'The position embeddings hold a grid of {grid} tokens, not a '
         'square: timm and transformers describe square images only.')
   return side
+
+
+def posemb_feature(model_config: Mapping[str, Any]) -> str:
+  """What gives a ViT without learned position embeddings none, for
+  messages."""
+  if model_config.get('posemb', 'learned') == 'sincos2d':
+    return "model.posemb='sincos2d'"
+  return 'model.transformer.add_position_embedding=False'
+
+
+def _with_posemb_table(flat: Flat, model_config: Mapping[str, Any],
+                       image_size: Optional[int]) -> Flat:
+  """`flat` with the position-embedding table that timm and transformers
+  add to the tokens (`pos_embed`, `position_embeddings`).
+
+  A learned table is there already. `posemb='sincos2d'` has none: its table
+  is computed for the grid of `image_size` as `models.add_sincos_posemb`
+  adds it, row-major over the patches, zeros on the prefix tokens (class,
+  distillation) that timm's and transformers' tables also cover. Without
+  position embeddings (transformer.add_position_embedding=False) the table
+  is zeros.
+  """
+  if POSEMB in flat:
+    return flat
+  sincos = model_config.get('posemb', 'learned') == 'sincos2d'
+  patch = tuple(int(p) for p in model_config['patches']['size'])
+  if image_size is None or image_size % patch[0] or image_size % patch[1]:
+    raise PyTorchWeightsError(
+        f'{posemb_feature(model_config)} has no position-embedding table to '
+        'copy, and timm and transformers need one, for one image size: it '
+        f'is computed here for image_size={image_size}; give an image size '
+        f'that patch size {patch} divides (vit_flax.export takes '
+        'config.pp.crop).')
+  grid = (image_size // patch[0], image_size // patch[1])
+  hidden = int(flat['embedding/kernel'].shape[-1])
+  num_prefix = sum(name in flat for name in models.PREFIX_TOKEN_NAMES)
+  table = (models.posemb_sincos_2d(grid, hidden) if sincos else
+           np.zeros((grid[0] * grid[1], hidden), np.float32))
+  table = np.concatenate([np.zeros((num_prefix, hidden), np.float32), table])
+  return {**flat, POSEMB: table[None]}
 
 
 def _from_flax(flat: Flat, entries: Sequence[_Entry], fmt: str
@@ -821,16 +926,21 @@ def _flat_numpy(params) -> Flat:
 
 
 def timm_model_args(params, model_config: Mapping[str, Any],
-                    model_type: str = 'vit') -> Dict[str, Any]:
+                    model_type: str = 'vit',
+                    image_size: Optional[int] = None) -> Dict[str, Any]:
   """timm `create_model` keyword arguments of the same model.
 
   With these, timm computes the logits of vit_flax (up to float rounding):
   `fc_norm=False` keeps the final norm before the pooling of a gap model
   (timm's default for global_pool='avg' would norm after it), and
-  `act_layer='gelu_tanh'` is the official ViT's GELU ('gelu': exact).
+  `act_layer='gelu_tanh'` is the official ViT's GELU ('gelu': exact). A
+  distilled model ('token_distill') is timm's `VisionTransformerDistilled`
+  (`timm_base_name`), which pools with 'token' and averages its two heads.
+  `image_size` is needed for `posemb='sincos2d'` (see `to_timm`).
   """
   flat = _flat_numpy(params)
   _check_exportable(flat, model_type, model_config, 'timm')
+  flat = _with_posemb_table(flat, model_config, image_size)
   hidden = int(flat['embedding/kernel'].shape[-1])
   mlp_dim = int(model_config['transformer']['mlp_dim'])
   mlp_ratio = mlp_dim / hidden
@@ -842,7 +952,7 @@ def timm_model_args(params, model_config: Mapping[str, Any],
   class_token = 'cls' in flat
   num_prefix = int(class_token) + int('dist' in flat)
   patch = tuple(int(p) for p in model_config['patches']['size'])
-  side = _grid_side(flat, num_prefix)
+  side = _grid_side(flat[POSEMB], num_prefix)
   args = {
       'img_size': side * patch[0] if patch[0] == patch[1] else (
           side * patch[0], side * patch[1]),
@@ -856,7 +966,8 @@ def timm_model_args(params, model_config: Mapping[str, Any],
       'mlp_ratio': mlp_ratio,
       'class_token': class_token,
       'global_pool': {'token': 'token', 'gap': 'avg', 'unpooled': '',
-                      'token_unpooled': ''}[classifier],
+                      'token_unpooled': '', 'token_distill': 'token'
+                      }[classifier],
   }
   if classifier == 'gap':
     args['fc_norm'] = False
@@ -874,30 +985,40 @@ def timm_base_name(params) -> str:
 
 
 def to_timm(params, model_config: Mapping[str, Any],
-            model_type: str = 'vit') -> Dict[str, np.ndarray]:
-  """The timm state dict of vit_flax `params`."""
+            model_type: str = 'vit', image_size: Optional[int] = None
+            ) -> Dict[str, np.ndarray]:
+  """The timm state dict of vit_flax `params`.
+
+  A model without learned position embeddings (`posemb='sincos2d'`) gets
+  the table it adds for `image_size` images as `pos_embed`: timm then
+  computes the same at that size.
+  """
   flat = _flat_numpy(params)
   _check_exportable(flat, model_type, model_config, 'timm')
+  flat = _with_posemb_table(flat, model_config, image_size)
   num_layers = int(model_config['transformer']['num_layers'])
   return _from_flax(flat, timm_entries(num_layers), 'timm')
 
 
-def to_hf(params, model_config: Mapping[str, Any], model_type: str = 'vit'
+def to_hf(params, model_config: Mapping[str, Any], model_type: str = 'vit',
+          image_size: Optional[int] = None
           ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   """(transformers state dict, its config.json) of vit_flax `params`.
 
   A ViT becomes a `ViTForImageClassification`; one with a distillation
-  token a `DeiTForImageClassificationWithTeacher`.
+  token a `DeiTForImageClassificationWithTeacher`. `image_size` as for
+  `to_timm`.
   """
   flat = _flat_numpy(params)
   _check_exportable(flat, model_type, model_config, 'hf')
+  flat = _with_posemb_table(flat, model_config, image_size)
   distilled = 'dist' in flat
   num_layers = int(model_config['transformer']['num_layers'])
   entries = hf_entries(num_layers, 'deit.' if distilled else 'vit.',
                        distilled_heads=distilled)
   state = _from_flax(flat, entries, 'hf')
   patch = int(model_config['patches']['size'][0])
-  side = _grid_side(flat, 1 + int(distilled))
+  side = _grid_side(flat[POSEMB], 1 + int(distilled))
   num_classes = int(flat['head/bias'].shape[0])
   gelu = model_config.get('gelu', 'tanh')
   config = {
