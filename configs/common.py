@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model.
   config.model_type = 'vit'  # Key of vit_flax.model_configs.MODEL_TYPES.
   config.model = None  # A preset from vit_flax.model_configs, then overrides.
-  config.pretrained_path = placeholder(str)  # .npz to fine-tune from (gs:// ok).
+  config.pretrained_path = placeholder(str)  # Weights to fine-tune from: official .npz (gs:// ok), timm .safetensors/.pth, or a Hugging Face folder.
 
   # Optimisation.
   config.optimizer = 'sgd'  # sgd (momentum) | adam | adamw.

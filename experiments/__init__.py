@@ -1,6 +1,6 @@
 """Commands that train and compare models: `python -m experiments.<study>`.
 
-Each study (`curriculum`, `locality`, `patch_size`, `staged_vs_tower`,
+Each study (`curriculum`, `locality`, `patch_size`, `recipe`, `staged_vs_tower`,
 `vit_vs_resnet`) declares its options, variants, budgets and report as a
 `study.Study`, which runs them all the same way. The shared pieces:
 `study` (the flow), `cli` (options as --flags and back), `budget` (fitting

@@ -7,12 +7,13 @@ steps:
 - cnn: the CNN baseline, configs/cnn_quickstart.py (a CIFAR-style ResNet
   whose step takes about the ViT's time, with the ViT's data, augmentation,
   optimizer and schedule);
-- vit_baseline: the ViT quickstart as it was before the data-efficient
-  recipe (experiments/recipe.py's baseline);
-- vit_recipe: the quickstart now (configs/quickstart.py: the recipe);
+- vit_baseline: the ViT quickstart (configs/quickstart.py, which is
+  experiments/recipe.py's baseline);
+- vit_recipe: the same ViT with the data-efficient recipe
+  (configs/quickstart_recipe.py);
 - vit_spt_lsa: the same with Shifted Patch Tokenization and Locality
   Self-Attention (arXiv 2112.13492);
-- vit_distill: the quickstart with DeiT's distillation token, distilled
+- vit_distill: the recipe ViT with DeiT's distillation token, distilled
   (hard, DeiT's default) from the cnn run of the same subset and budget,
   whose training time the report states beside it.
 
@@ -31,6 +32,7 @@ import ml_collections
 
 from configs import cnn_quickstart
 from configs import quickstart
+from configs import quickstart_recipe
 from experiments import budget as budget_lib
 from experiments import cli
 from experiments import recipe
@@ -40,7 +42,7 @@ from vit_flax import errors
 
 
 def spt_lsa_config() -> ml_collections.ConfigDict:
-  config = quickstart.get_config()
+  config = quickstart_recipe.get_config()
   with config.unlocked():
     config.model.patch_embedding = 'spt'
     config.model.transformer.attention = 'lsa'
@@ -48,7 +50,7 @@ def spt_lsa_config() -> ml_collections.ConfigDict:
 
 
 def distill_config() -> ml_collections.ConfigDict:
-  config = quickstart.get_config()
+  config = quickstart_recipe.get_config()
   with config.unlocked():
     config.model.classifier = 'token_distill'
   return config
@@ -80,8 +82,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
 # Name -> (table name, config).
 MODELS: Dict[str, Tuple[str, Callable[[], ml_collections.ConfigDict]]] = {
     'cnn': ('CNN', cnn_quickstart.get_config),
-    'vit_baseline': ('ViT before the recipe', recipe.baseline_config),
-    'vit_recipe': ('ViT + recipe', quickstart.get_config),
+    'vit_baseline': ('ViT quickstart', recipe.baseline_config),
+    'vit_recipe': ('ViT + recipe', quickstart_recipe.get_config),
     'vit_spt_lsa': ('ViT + recipe + SPT/LSA', spt_lsa_config),
     'vit_distill': ('ViT + recipe + distillation from the CNN',
                     distill_config),
@@ -261,7 +263,8 @@ def write_report(options: Options, results: study.StudyResults):
       '- Every model trains with the data, augmentation, optimizer and '
       f'schedule of configs/quickstart.py ({first.optimizer}, peak learning '
       f'rate {first.base_lr}, warm-up then {first.decay_type}); the '
-      'baseline ViT with those it had before the recipe. A wall-clock '
+      'recipe ViTs add the recipe of configs/quickstart_recipe.py to it. A '
+      'wall-clock '
       'budget covers the whole run (data, compilation, training, '
       'evaluations); each model\'s steps were fitted to it after a '
       f'{options.calibration_steps}-step calibration run, keeping the whole '
