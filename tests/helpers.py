@@ -41,6 +41,28 @@ def tiny_model_config(classifier='token', hidden_size=16, num_layers=2,
   return config
 
 
+def small_fashion_mnist_config(data, **overrides):
+  """A tiny ViT on the Fashion-MNIST IDX files in `data`: 4 steps of 8
+  images, evaluating and checkpointing midway."""
+  config = common.get_config()
+  config.dataset = 'fashion_mnist'
+  config.tfds_manual_dir = data
+  config.pp.crop = 28
+  config.model = tiny_model_config(patch=7)
+  config.optimizer = 'adamw'
+  config.optim_dtype = 'float32'
+  config.base_lr = 1e-3
+  config.batch = 8
+  config.batch_eval = 8
+  config.total_steps = 4
+  config.warmup_steps = 1
+  config.eval_every = 4
+  config.progress_every = 2
+  config.checkpoint_every = 2
+  config.update(overrides)
+  return config
+
+
 def read_scalars(workdir) -> dict:
   """{tag: {step: value}} of the TensorBoard scalars written in `workdir`."""
   from vit_flax import metrics  # pylint: disable=g-import-not-at-top

@@ -1,14 +1,13 @@
 """Tests of vit_flax.distill and distillation in training: losses, teachers,
 errors, resume and export of a DeiT student."""
 
-from configs import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from helpers import tiny_model_config
+from helpers import small_fashion_mnist_config
 from helpers import write_fashion_mnist
 from vit_flax import checkpoint
 from vit_flax import distill
@@ -26,31 +25,11 @@ def data(tmp_path_factory):
   return str(directory)
 
 
-def run_config(data, **overrides):
-  config = common.get_config()
-  config.dataset = 'fashion_mnist'
-  config.tfds_manual_dir = data
-  config.pp.crop = 28
-  config.model = tiny_model_config(patch=7)
-  config.optimizer = 'adamw'
-  config.optim_dtype = 'float32'
-  config.base_lr = 1e-3
-  config.batch = 8
-  config.batch_eval = 8
-  config.total_steps = 4
-  config.warmup_steps = 1
-  config.eval_every = 4
-  config.progress_every = 2
-  config.checkpoint_every = 2
-  config.update(overrides)
-  return config
-
-
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory, data):
   """The workdir of a trained tiny ResNet: a CNN teacher."""
   workdir = str(tmp_path_factory.mktemp('teacher'))
-  config = run_config(data, model_type='resnet', total_steps=6)
+  config = small_fashion_mnist_config(data, model_type='resnet', total_steps=6)
   config.model = model_configs.resnet_config(
       'tiny_cnn', num_layers=(1,), bottleneck=False, width_factor=0.25,
       stem='cifar', norm_groups=8)
@@ -59,7 +38,7 @@ def teacher(tmp_path_factory, data):
 
 
 def student_config(data, teacher, **overrides):
-  config = run_config(data, **overrides)
+  config = small_fashion_mnist_config(data, **overrides)
   config.model.classifier = 'token_distill'
   config.distill.teacher = teacher
   return config
@@ -100,7 +79,7 @@ def test_soft_distillation_is_kl_at_the_temperature():
     ({'temperature': 0.0}, r'config.distill.temperature=0.0 must be > 0'),
 ])
 def test_bad_distillation_settings_are_clear_errors(data, overrides, message):
-  config = run_config(data)
+  config = small_fashion_mnist_config(data)
   config.distill.teacher = '/some/teacher'
   config.distill.update(overrides)
   with pytest.raises(errors.ConfigError, match=message):
@@ -108,7 +87,7 @@ def test_bad_distillation_settings_are_clear_errors(data, overrides, message):
 
 
 def test_a_distillation_head_needs_a_teacher(data, tmp_path):
-  config = run_config(data)
+  config = small_fashion_mnist_config(data)
   config.model.classifier = 'token_distill'
   with pytest.raises(errors.ConfigError, match='config.distill.teacher is '
                      'not set'):

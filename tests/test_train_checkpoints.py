@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import small_fashion_mnist_config as small_config
 from helpers import tiny_model_config
 from helpers import final_params
 from helpers import write_fashion_mnist
@@ -189,26 +190,6 @@ def test_export_best_is_the_best_evaluation(tmp_path, reference):
 
 
 # In-process runs on the same data, for config changes and bad input.
-
-
-def small_config(data, **overrides):
-  config = common.get_config()
-  config.dataset = 'fashion_mnist'
-  config.tfds_manual_dir = data
-  config.pp.crop = 28
-  config.model = tiny_model_config(patch=7)
-  config.optimizer = 'adamw'
-  config.optim_dtype = 'float32'
-  config.base_lr = 1e-3
-  config.batch = 8
-  config.batch_eval = 8
-  config.total_steps = 4
-  config.warmup_steps = 1
-  config.eval_every = 4
-  config.progress_every = 2
-  config.checkpoint_every = 2
-  config.update(overrides)
-  return config
 
 
 def test_changed_fields_that_cannot_change_are_named(tmp_path, data):
