@@ -4,9 +4,9 @@ Trains, on the first 10%, 30% and all of the training set, each at the same
 wall-clock budget on this machine and, beside it, for the same number of
 steps:
 
-- cnn: the CNN baseline, configs/cnn_quickstart.py (a CIFAR-style ResNet
-  whose step takes about the ViT's time, with the ViT's data, augmentation,
-  optimizer and schedule);
+- cnn: the CNN baseline, configs/cnn_quickstart.py (a small ResNet with
+  the ViT's data, augmentation, optimizer and schedule, chosen at equal
+  wall clock by experiments/cnn_baseline.py);
 - vit_baseline: the ViT quickstart (configs/quickstart.py, which is
   experiments/recipe.py's baseline);
 - vit_recipe: the same ViT with the data-efficient recipe
@@ -21,7 +21,7 @@ Every run is tested on the whole test split. Writes OUT.md (tables of the
 measured numbers) and OUT.png (the curves), from these runs only:
 
   python -m experiments.vit_vs_resnet --out=docs/vit_vs_resnet \
-      --seconds=240 --steps=2000
+      --seconds=150 --steps=400 --calibration_steps=60
 """
 
 import dataclasses

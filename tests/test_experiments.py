@@ -17,6 +17,7 @@ from configs import quickstart
 from configs import cnn_quickstart
 from experiments import budget
 from experiments import cli
+from experiments import cnn_baseline
 from experiments import curriculum
 from experiments import locality
 from experiments import patch_size
@@ -258,6 +259,30 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
     vit_vs_resnet.variants(vit_vs_resnet.Options(models=('vit_distill',)))
 
 
+def test_cnn_baseline_sweeps_architectures_then_learning_rates():
+  options = cnn_baseline.Options(
+      architectures=('imagenet_111_x0.5', 'cifar_112_x0.25'),
+      lr_architecture='cifar_112_x0.25', lrs=(1e-3, 2e-3, 4e-3),
+      train_split='train[:10%]')
+  variants = cnn_baseline.variants(options)
+  assert [(v.cells['architecture'], v.config.base_lr) for v in variants] == [
+      ('imagenet_111_x0.5', 2e-3), ('cifar_112_x0.25', 2e-3),
+      ('cifar_112_x0.25', 1e-3), ('cifar_112_x0.25', 4e-3)]
+  first = variants[0]
+  assert first.config.model_type == 'resnet'
+  assert first.config.model.stem == 'imagenet'
+  assert first.cells['widths'] == '32-64-128'
+  assert variants[1].cells['widths'] == '16-32-64'
+  assert all(v.config.pp.train == 'train[:10%]' for v in variants)
+  # Only the model (and the learning rate) differ from the ViT quickstart.
+  vit = quickstart.get_config().to_dict()
+  changed = {k for k, v in variants[2].config.to_dict().items()
+             if vit.get(k) != v}
+  assert changed == {'model', 'model_type', 'base_lr', 'pp'}
+  with pytest.raises(errors.UserError, match="Unknown CNN architecture 'x'"):
+    cnn_baseline.variants(cnn_baseline.Options(architectures=('x',)))
+
+
 def test_the_cnn_costs_the_same_order_as_the_vit():
   vit, cnn = quickstart.get_config(), cnn_quickstart.get_config()
   ratio = (model_stats.config_flops(cnn, 10) /
@@ -265,9 +290,16 @@ def test_the_cnn_costs_the_same_order_as_the_vit():
   assert 1 / 3 < ratio < 3
   assert 1 / 3 < (model_stats.config_params(cnn, 10) /
                   model_stats.config_params(vit, 10)) < 3
-  # The same data, augmentation and optimisation; only the model differs.
+  # The same data, augmentation and optimisation; only the model and its
+  # learning rate differ.
   assert {name.split('.')[0] for name in differences(
-      vit.to_dict(), cnn.to_dict())} == {'model', 'model_type'}
+      vit.to_dict(), cnn.to_dict())} == {'model', 'model_type', 'base_lr'}
+
+
+def test_the_cnn_baseline_is_a_candidate_of_its_sweep():
+  cnn = cnn_quickstart.get_config()
+  candidate = cnn_baseline.cnn_config('imagenet_111_x0.5_gn8', cnn.base_lr)
+  assert not differences(cnn.to_dict(), candidate.to_dict())
 
 
 def differences(a, b, prefix=''):
@@ -411,6 +443,9 @@ def model_of(config):
 
 # Each study, with options for a few fake steps at every budget it compares.
 FAKE_STUDIES = {
+    'cnn_baseline': (cnn_baseline, dict(
+        seconds=60.0, calibration_steps=20,
+        architectures=('imagenet_111_x0.5', 'cifar_111_x0.25'), lrs=(1e-3,))),
     'curriculum': (curriculum, dict(seconds=60.0, calibration_steps=30,
                                     calibration_progress_every=3)),
     'locality': (locality, dict(steps=20)),
