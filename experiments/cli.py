@@ -41,6 +41,13 @@ def workdir_option(default: str) -> Any:
                 'its run folders are replaced.')
 
 
+def train_eval_split_option() -> Any:
+  """The --train_eval_split field: training examples evaluated after
+  training, whose accuracy shows overfitting beside the test accuracy."""
+  return option('train[:10000]', 'Training examples whose accuracy, after '
+                'training, is compared with the test accuracy.')
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyOptions:
   """Options every study takes; a study's own options extend these.

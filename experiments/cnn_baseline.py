@@ -74,9 +74,7 @@ class Options(cli.StudyOptions):
   seconds: float = cli.option(150.0, 'Wall-clock budget of every run.')
   calibration_steps: int = cli.option(
       60, 'Steps of the run that times each candidate.')
-  train_eval_split: str = cli.option(
-      'train[:10000]', 'Training examples whose accuracy, after training, is '
-      'compared with the test accuracy.')
+  train_eval_split: str = cli.train_eval_split_option()
 
 
 def variants(options: Options) -> List[study.Variant]:

@@ -45,9 +45,7 @@ class Options(cli.StudyOptions):
   calibration_progress_every: int = cli.option(
       5, 'The calibration runs log every so many steps: a window of steps '
       'within one phase times a step at that size.')
-  train_eval_split: str = cli.option(
-      'train[:10000]', 'Training examples whose accuracy, after training, is '
-      'compared with the test accuracy.')
+  train_eval_split: str = cli.train_eval_split_option()
 
 
 def schedule_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:

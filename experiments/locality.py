@@ -30,9 +30,7 @@ class Options(cli.StudyOptions):
   steps: int = cli.option(2500, 'Steps of both runs.')
   train_split: str = cli.option(
       'train', "Training data, TFDS slicing allowed (e.g. 'train[:10%]').")
-  train_eval_split: str = cli.option(
-      'train[:10000]', 'Training examples whose accuracy, after training, is '
-      'compared with the test accuracy.')
+  train_eval_split: str = cli.train_eval_split_option()
 
 
 def study_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:

@@ -36,9 +36,7 @@ class Options(cli.StudyOptions):
       150.0, "Wall-clock budget of every patch size's run (0: skip).")
   calibration_steps: int = cli.option(
       40, 'Steps of the run that times each patch size for --seconds.')
-  train_eval_split: str = cli.option(
-      'train[:10000]', 'Training examples whose accuracy, after training, is '
-      'compared with the test accuracy.')
+  train_eval_split: str = cli.train_eval_split_option()
 
 
 def patch_config(options: Options, patch: int) -> ml_collections.ConfigDict:
