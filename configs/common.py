@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp.augment_fill = 128  # Pixel value geometric augmentations fill in.
   config.pp.random_erase = 0.0  # Probability of random erasing (train only).
   config.pp.eval_crop_fraction = 1.0  # < 1: resize to crop/fraction, centre crop.
+  config.pp.autotune = False  # tf.data autotuner (its end-of-iterator stalls: input_pipeline).
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer.
   config.prefetch = 2  # Batches transferred to the devices ahead of use.
 

@@ -48,6 +48,16 @@ def test_batches_are_a_function_of_seed_and_step():
   assert images.min() >= -1.0 and images.max() <= 1.0
 
 
+@pytest.mark.parametrize('autotune', [False, True])
+def test_tf_data_autotuner_follows_the_config(autotune):
+  with tfds.testing.mock_data(num_examples=20):
+    pipeline = input_pipeline.Pipeline(data_config(autotune=autotune))
+    datasets = (pipeline._train_dataset(pipeline.phases[0], 0),
+                pipeline._eval_dataset())
+  for ds in datasets:
+    assert ds.options().autotune.enabled is autotune
+
+
 def test_each_epoch_is_a_new_permutation_of_the_split():
   images = np.arange(16, dtype=np.uint8).reshape(16, 1, 1, 1) * np.ones(
       (1, 4, 4, 1), np.uint8)

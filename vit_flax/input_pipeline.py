@@ -621,7 +621,17 @@ class Pipeline:
       ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(b, drop_remainder=True)
     ds = ds.map(self._per_batch_fn(phase), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return self._with_options(ds.prefetch(tf.data.AUTOTUNE))
+
+  def _with_options(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """tf.data's autotuner off unless pp.autotune. With it on, deleting an
+    iterator at the end of a train phase or an evaluation was seen to wait,
+    GIL held, for the autotuner's thread to wake from its sleep (up to 60 s
+    after a long phase): whole-process stalls. Off, AUTOTUNE still means a
+    parallel call per core and a prefetch buffer that sizes itself."""
+    options = tf.data.Options()
+    options.autotune.enabled = bool(self.config.pp.get('autotune', False))
+    return ds.with_options(options)
 
   @property
   def _augments_whole_batches(self) -> bool:
@@ -737,6 +747,9 @@ class Pipeline:
 
   def eval_batches(self) -> Iterator[Dict[str, Any]]:
     """The whole eval split exactly once, padded with mask=0 examples."""
+    return self._eval_dataset().as_numpy_iterator()
+
+  def _eval_dataset(self) -> tf.data.Dataset:
     ds, _ = self.source.read(self.eval_split, self.process_index,
                              self.process_count, drop_remainder=False)
     size = self.image_size
@@ -754,4 +767,4 @@ class Pipeline:
     num_batches = self.num_eval_batches()
     ds = ds.concatenate(padding).take(num_batches * self.local_batch_eval)
     ds = ds.batch(self.local_batch_eval).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
+    return self._with_options(ds)
