@@ -17,6 +17,11 @@ steps:
   (hard, DeiT's default) from the cnn run of the same subset and budget,
   whose training time the report states beside it.
 
+A model given as `name@lr` (e.g. `vit_baseline@0.004`) trains at that
+peak learning rate instead of its config's, so one command can tune a
+model's learning rate at the budget beside the others, as
+experiments/cnn_baseline.py tuned the CNN's.
+
 Every run is tested on the whole test split. Writes OUT.md (tables of the
 measured numbers) and OUT.png (the curves), from these runs only:
 
@@ -26,7 +31,7 @@ measured numbers) and OUT.png (the curves), from these runs only:
 
 import dataclasses
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import ml_collections
 
@@ -110,7 +115,8 @@ class Options(cli.StudyOptions):
   workdir: str = cli.workdir_option('/tmp/vit_vs_resnet')
   models: Tuple[str, ...] = cli.option(
       tuple(MODELS), f'Models to compare, from: {", ".join(MODELS)} '
-      f'(vit_distill needs {TEACHER}, its teacher).')
+      f'(vit_distill needs {TEACHER}, its teacher); NAME@LR trains NAME at '
+      'peak learning rate LR.')
   percents: Tuple[int, ...] = cli.option(
       (10, 30, 100), 'Training subsets: the first so many percent of the '
       'training set.')
@@ -134,13 +140,72 @@ def subset_split(percent: int) -> str:
   return 'train' if percent == 100 else f'train[:{percent}%]'
 
 
-def teacher_for(percent: int):
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A --models entry: a model of MODELS, at its config's learning rate or
+  at `lr`."""
+
+  model: str
+  lr: Optional[float] = None
+
+  @property
+  def key(self) -> str:
+    """Names its workdirs: the model, with the learning rate if given."""
+    return self.model if self.lr is None else f'{self.model}_lr{self.lr:g}'
+
+  @property
+  def name(self) -> str:
+    """Its name in the tables."""
+    name = MODELS[self.model][0]
+    return name if self.lr is None else f'{name}, lr {self.lr:g}'
+
+  def config(self) -> ml_collections.ConfigDict:
+    config = MODELS[self.model][1]()
+    if self.lr is not None:
+      with config.unlocked():
+        config.base_lr = self.lr
+    return config
+
+
+def parse_models(models) -> List[ModelSpec]:
+  """--models as ModelSpecs; a clear error for an unknown name or a bad
+  learning rate."""
+  specs = []
+  for entry in models:
+    model, _, lr = entry.partition('@')
+    if model not in MODELS:
+      raise errors.UserError(
+          f'Unknown model {model!r} in --models; choose from '
+          f'{", ".join(MODELS)}, each optionally as NAME@LR.')
+    value = None
+    if lr:
+      try:
+        value = float(lr)
+      except ValueError:
+        value = -1.0
+      if not value > 0:
+        raise errors.UserError(
+            f'--models entry {entry!r}: the learning rate after @ must be a '
+            'positive number, e.g. vit_baseline@0.004.')
+    specs.append(ModelSpec(model, value))
+  if len({s.key for s in specs}) != len(specs):
+    raise errors.UserError(f'--models {",".join(models)} names a model '
+                           'twice at the same learning rate.')
+  return specs
+
+
+def teacher_spec(specs: List[ModelSpec]) -> Optional[ModelSpec]:
+  """The CNN that distilled ViTs learn from: the first one given."""
+  return next((s for s in specs if s.model == TEACHER), None)
+
+
+def teacher_for(teacher: ModelSpec, percent: int):
   """`for_budget` of a distilled student: the teacher is the CNN run of the
   same subset at the same budget (its final checkpoint)."""
   def set_teacher(config, budget, workdir):
     config = ml_collections.ConfigDict(config.to_dict())
     config.distill.teacher = os.path.join(
-        workdir, f'{budget.kind}_{TEACHER}_{percent}')
+        workdir, f'{budget.kind}_{teacher.key}_{percent}')
     config.distill.teacher_checkpoint = 'latest'
     return config
   return set_teacher
@@ -148,29 +213,32 @@ def teacher_for(percent: int):
 
 def variants(options: Options) -> List[study.Variant]:
   """A run per (model, subset): the teacher first in each subset."""
-  unknown = sorted(set(options.models) - set(MODELS))
-  if unknown or not options.models:
-    raise errors.UserError(f'Unknown --models {unknown}; choose from '
+  if not options.models:
+    raise errors.UserError(f'--models is empty; choose from '
                            f'{", ".join(MODELS)}.')
-  if 'vit_distill' in options.models and TEACHER not in options.models:
+  specs = parse_models(options.models)
+  teacher = teacher_spec(specs)
+  distilled = any(s.model == 'vit_distill' for s in specs)
+  if distilled and teacher is None:
     raise errors.UserError(
         f'--models has vit_distill but not {TEACHER}, its teacher: add '
         f'{TEACHER}.')
   if not options.percents:
     raise errors.UserError('--percents is empty: give e.g. 10,30,100.')
-  order = sorted(options.models, key=lambda m: m != TEACHER)
+  order = sorted(specs, key=lambda s: s != teacher)
   result = []
   for percent in options.percents:
-    for model in order:
-      name, get_config = MODELS[model]
-      config = options.with_data(get_config())
+    for spec in order:
+      config = options.with_data(spec.config())
       config.pp.train = subset_split(percent)
       result.append(study.Variant(
-          f'{model}_{percent}', f'{name} {percent}%', config,
-          {'model': name, 'model_key': model, 'percent': percent},
+          f'{spec.key}_{percent}', f'{spec.name} {percent}%', config,
+          {'model': spec.name, 'model_key': spec.model, 'percent': percent,
+           'base_lr': config.base_lr},
           subset_split(min(percent, options.train_eval_percent)),
-          keep_checkpoint=model == TEACHER and 'vit_distill' in options.models,
-          for_budget=teacher_for(percent) if model == 'vit_distill' else None))
+          keep_checkpoint=distilled and spec == teacher,
+          for_budget=(teacher_for(teacher, percent)
+                      if spec.model == 'vit_distill' else None)))
   return result
 
 
@@ -183,6 +251,7 @@ COLUMNS = [
     report.Column('model', 'Model'),
     report.Column('percent', 'Train data', lambda x: f'{x}%'),
     report.Column('train_examples', 'Examples', str),
+    report.Column('base_lr', 'Peak lr', lambda x: f'{x:g}'),
     report.PARAMS,
     report.FLOPS,
     *report.RUN_COLUMNS,
@@ -191,40 +260,44 @@ COLUMNS = [
 ]
 
 
-def add_teacher_time(rows):
+def add_teacher_time(rows, teacher: Optional[ModelSpec]):
   """Distilled rows get the wall time of their teacher's run added."""
+  if teacher is None:
+    return
   walls = {(r['budget'], r['percent']): r['wall'] for r in rows
-           if r['model_key'] == TEACHER}
+           if r['model'] == teacher.name}
   for row in rows:
     if row['model_key'] == 'vit_distill':
       row['with_teacher'] = row['wall'] + walls[row['budget'], row['percent']]
 
 
 def outcome(rows, budget) -> List[str]:
-  """Whether the best ViT matches the CNN, subset by subset."""
+  """Whether the best ViT matches the best CNN, subset by subset."""
   lines = []
   for percent in sorted({r['percent'] for r in rows}):
     here = [r for r in rows if r['percent'] == percent and
             r['budget'] == budget.label]
-    cnn = [r for r in here if r['model_key'] == TEACHER]
+    cnns = [r for r in here if r['model_key'] == TEACHER]
     vits = [r for r in here if r['model_key'] != TEACHER]
-    if not cnn or not vits:
+    if not cnns or not vits:
       continue
+    cnn = max(cnns, key=lambda r: r['test_accuracy'])
     best = max(vits, key=lambda r: r['test_accuracy'])
-    gap = best['test_accuracy'] - cnn[0]['test_accuracy']
+    gap = best['test_accuracy'] - cnn['test_accuracy']
     without = [r for r in vits if r['model_key'] != 'vit_distill']
     best_alone = max(without, key=lambda r: r['test_accuracy'],
                      default=None)
     verdict = 'matches or beats' if gap >= 0 else 'falls short of'
     line = (f'- {percent}% of the data: the best ViT ({best["model"]}, '
             f'{report.format_percent(best["test_accuracy"])}) {verdict} the '
-            f'CNN ({report.format_percent(cnn[0]["test_accuracy"])}) by '
+            f'{"best " if len(cnns) > 1 else ""}CNN ({cnn["model"]}, '
+            f'{report.format_percent(cnn["test_accuracy"])}) by '
             f'{report.format_points(gap)} points')
     if best['model_key'] == 'vit_distill' and best_alone is not None:
-      alone_gap = best_alone['test_accuracy'] - cnn[0]['test_accuracy']
+      alone_gap = best_alone['test_accuracy'] - cnn['test_accuracy']
       line += (f'; it needed the CNN as its teacher, so counting the '
                f'teacher\'s training it took {best["with_teacher"]:.0f} s '
-               f'against the CNN\'s {cnn[0]["wall"]:.0f} s. Without a '
+               f'against the CNN\'s {cnn["wall"]:.0f} s. Without a '
                f'teacher the best ViT ({best_alone["model"]}) is '
                f'{report.format_points(alone_gap)} points from the CNN')
     lines.append(line + '.')
@@ -255,13 +328,53 @@ def panels(options, results: study.StudyResults):
   return out
 
 
+def training_notes(options: Options, specs: List[ModelSpec]) -> List[str]:
+  """How the runs were trained, saying only what holds for the models that
+  this report compares."""
+  first = quickstart.get_config()
+  models = {s.model for s in specs}
+  recipe_models = models & {'vit_recipe', 'vit_spt_lsa', 'vit_distill'}
+  notes = [
+      '- Every model trains with the data, augmentation, optimizer and '
+      f'schedule of configs/quickstart.py ({first.optimizer}, warm-up then '
+      f'{first.decay_type}) at the peak learning rate in its row: its '
+      'config\'s unless its name gives one (configs/quickstart.py has '
+      f'{first.base_lr:g}, configs/cnn_quickstart.py '
+      f'{cnn_quickstart.get_config().base_lr:g}, chosen at 150 s by '
+      'experiments/cnn_baseline.py).'
+      + (' The recipe ViTs add the recipe of configs/quickstart_recipe.py '
+         'to it.' if recipe_models else ''),
+      '- Subsets are the first examples of the training set (TFDS slicing, '
+      'e.g. `train[:10%]`); a smaller subset is seen for more epochs. The '
+      'test accuracy is over the whole test split.',
+  ]
+  if options.seconds:
+    notes.append(
+        '- A wall-clock budget covers the whole run (data, compilation, '
+        'training, evaluations); each model\'s steps were fitted to it after '
+        f'a {options.calibration_steps}-step calibration run, keeping the '
+        'whole schedule.')
+  if 'vit_distill' in models:
+    notes.append(
+        '- The distilled ViT learns from the CNN run of the same subset and '
+        'budget (hard distillation on its final params); "Wall incl. '
+        'teacher" adds that run\'s wall time.')
+  notes.append(
+      '- Train acc.: the first min(subset, '
+      f'{options.train_eval_percent}%) of the training set, which every run '
+      'trained on, evaluated after training as the test set is (no label '
+      'smoothing, no augmentation): the gap to the test accuracy shows '
+      'overfitting.')
+  return notes
+
+
 def write_report(options: Options, results: study.StudyResults):
   rows = results.rows
-  add_teacher_time(rows)
-  descriptions = []
-  for model in sorted(options.models, key=lambda m: m != TEACHER):
-    name, get_config = MODELS[model]
-    descriptions.append(f'- {name} ({model}): {describe(get_config())}')
+  specs = parse_models(options.models)
+  teacher = teacher_spec(specs)
+  add_teacher_time(rows, teacher)
+  descriptions = [f'- {spec.name} ({spec.model}): {describe(spec.config())}'
+                  for spec in sorted(specs, key=lambda s: s != teacher)]
   lines = results.header('ViT or CNN on small data: subsets of Fashion-MNIST')
   lines += ['', 'Models:', '', *descriptions, '']
   for budget in results.budgets:
@@ -269,31 +382,12 @@ def write_report(options: Options, results: study.StudyResults):
     lines += [f'## {budget.label[0].upper()}{budget.label[1:]}', '',
               report.markdown_table(budget_rows, COLUMNS)]
     lines += ['Outcome:', '', *outcome(rows, budget), '']
-  first = quickstart.get_config()
   lines += [
       '## Notes',
       '',
-      '- Every model trains with the data, augmentation, optimizer and '
-      f'schedule of configs/quickstart.py ({first.optimizer}, peak learning '
-      f'rate {first.base_lr}, warm-up then {first.decay_type}); the '
-      'recipe ViTs add the recipe of configs/quickstart_recipe.py to it. A '
-      'wall-clock '
-      'budget covers the whole run (data, compilation, training, '
-      'evaluations); each model\'s steps were fitted to it after a '
-      f'{options.calibration_steps}-step calibration run, keeping the whole '
-      'schedule. Subsets are the first examples of the training set (TFDS '
-      'slicing, e.g. `train[:10%]`); a smaller subset is seen for more '
-      'epochs. The test accuracy is over the whole test split.',
-      '- The distilled ViT learns from the CNN run of the same subset and '
-      'budget (hard distillation on its final params); "Wall incl. '
-      'teacher" adds that run\'s wall time.',
-      '- Train acc.: the first min(subset, '
-      f'{options.train_eval_percent}%) of the training set, which every run '
-      'trained on, evaluated after training as the test set is (no label '
-      'smoothing, no augmentation): the gap to the test accuracy shows '
-      'overfitting.',
+      *training_notes(options, specs),
       *report.over_budget_notes(rows),
-      *report.cost_notes(first.pp.crop),
+      *report.cost_notes(quickstart.get_config().pp.crop),
   ]
   report.write_report(options.out, lines, panels(options, results), ncols=2)
 

@@ -259,6 +259,36 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
     vit_vs_resnet.variants(vit_vs_resnet.Options(models=('vit_distill',)))
 
 
+def test_vit_vs_resnet_models_take_a_learning_rate(data_dir):
+  options = vit_vs_resnet.Options(
+      models=('vit_baseline', 'vit_baseline@0.004', 'cnn', 'vit_distill'),
+      percents=(10,), fashion_mnist_dir=data_dir)
+  variants = vit_vs_resnet.variants(options)
+  assert [(v.key, v.config.base_lr) for v in variants] == [
+      ('cnn_10', 8e-3), ('vit_baseline_10', 2e-3),
+      ('vit_baseline_lr0.004_10', 4e-3), ('vit_distill_10', 2e-3)]
+  assert variants[2].cells['model'] == 'ViT quickstart, lr 0.004'
+  assert variants[2].cells['model_key'] == 'vit_baseline'
+  assert variants[2].cells['base_lr'] == 4e-3
+  for bad in ('vit_baseline@fast', 'vit_baseline@-1', 'resnet50'):
+    with pytest.raises(errors.UserError, match=bad.split('@')[0]):
+      vit_vs_resnet.parse_models((bad,))
+  with pytest.raises(errors.UserError, match='twice'):
+    vit_vs_resnet.parse_models(('cnn@0.01', 'cnn@1e-2'))
+
+
+def test_vit_vs_resnet_compares_with_the_best_cnn():
+  def row(model, key, accuracy):
+    return dict(model=model, model_key=key, percent=10,
+                budget='same steps (1)',
+                test_accuracy=accuracy)
+  rows = [row('CNN', 'cnn', 0.80), row('CNN, lr 0.01', 'cnn', 0.86),
+          row('ViT quickstart', 'vit_baseline', 0.84)]
+  [line] = vit_vs_resnet.outcome(rows, budget.Budget('steps', 1))
+  assert 'falls short of the best CNN (CNN, lr 0.01, 86.00%)' in line
+  assert '-2.00 points' in line
+
+
 def test_cnn_baseline_sweeps_architectures_then_learning_rates():
   options = cnn_baseline.Options(
       architectures=('imagenet_111_x0.5', 'cifar_112_x0.25'),
