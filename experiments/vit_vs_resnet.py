@@ -15,7 +15,9 @@ steps:
   Self-Attention (arXiv 2112.13492);
 - vit_distill: the recipe ViT with DeiT's distillation token, distilled
   (hard, DeiT's default) from the cnn run of the same subset and budget,
-  whose training time the report states beside it.
+  whose training time the report states beside it;
+- vit_plain_spt_lsa, vit_plain_distill: SPT/LSA and distillation on the
+  quickstart ViT without the recipe (not run by default).
 
 A model given as `name@lr` (e.g. `vit_baseline@0.004`) trains at that
 peak learning rate instead of its config's, so one command can tune a
@@ -46,19 +48,36 @@ from experiments import study
 from vit_flax import errors
 
 
-def spt_lsa_config() -> ml_collections.ConfigDict:
-  config = quickstart_recipe.get_config()
+def with_spt_lsa(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   with config.unlocked():
     config.model.patch_embedding = 'spt'
     config.model.transformer.attention = 'lsa'
   return config
 
 
-def distill_config() -> ml_collections.ConfigDict:
-  config = quickstart_recipe.get_config()
+def with_distillation(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   with config.unlocked():
     config.model.classifier = 'token_distill'
   return config
+
+
+def spt_lsa_config() -> ml_collections.ConfigDict:
+  return with_spt_lsa(quickstart_recipe.get_config())
+
+
+def distill_config() -> ml_collections.ConfigDict:
+  return with_distillation(quickstart_recipe.get_config())
+
+
+def plain_spt_lsa_config() -> ml_collections.ConfigDict:
+  """SPT/LSA on the quickstart without the recipe, whose stronger
+  regularisation needs more steps than a short budget gives."""
+  return with_spt_lsa(recipe.baseline_config())
+
+
+def plain_distill_config() -> ml_collections.ConfigDict:
+  return with_distillation(recipe.baseline_config())
 
 
 def patch4_config() -> ml_collections.ConfigDict:
@@ -105,8 +124,16 @@ MODELS: Dict[str, Tuple[str, Callable[[], ml_collections.ConfigDict]]] = {
     'vit_spt_lsa': ('ViT + recipe + SPT/LSA', spt_lsa_config),
     'vit_distill': ('ViT + recipe + distillation from the CNN',
                     distill_config),
+    'vit_plain_spt_lsa': ('ViT quickstart + SPT/LSA', plain_spt_lsa_config),
+    'vit_plain_distill': ('ViT quickstart + distillation from the CNN',
+                          plain_distill_config),
 }
 TEACHER = 'cnn'
+# The models that learn from the teacher.
+DISTILLED = frozenset({'vit_distill', 'vit_plain_distill'})
+# What the default run compares: the issue's ladder of ingredients.
+DEFAULT_MODELS = ('cnn', 'vit_baseline', 'vit_recipe', 'vit_spt_lsa',
+                  'vit_distill')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +141,8 @@ class Options(cli.StudyOptions):
   out: str = cli.out_option('docs/vit_vs_resnet')
   workdir: str = cli.workdir_option('/tmp/vit_vs_resnet')
   models: Tuple[str, ...] = cli.option(
-      tuple(MODELS), f'Models to compare, from: {", ".join(MODELS)} '
-      f'(vit_distill needs {TEACHER}, its teacher); NAME@LR trains NAME at '
+      DEFAULT_MODELS, f'Models to compare, from: {", ".join(MODELS)} '
+      f'(the distilled ones need {TEACHER}, their teacher); NAME@LR trains NAME at '
       'peak learning rate LR.')
   percents: Tuple[int, ...] = cli.option(
       (10, 30, 100), 'Training subsets: the first so many percent of the '
@@ -218,10 +245,10 @@ def variants(options: Options) -> List[study.Variant]:
                            f'{", ".join(MODELS)}.')
   specs = parse_models(options.models)
   teacher = teacher_spec(specs)
-  distilled = any(s.model == 'vit_distill' for s in specs)
+  distilled = [s.model for s in specs if s.model in DISTILLED]
   if distilled and teacher is None:
     raise errors.UserError(
-        f'--models has vit_distill but not {TEACHER}, its teacher: add '
+        f'--models has {distilled[0]} but not {TEACHER}, its teacher: add '
         f'{TEACHER}.')
   if not options.percents:
     raise errors.UserError('--percents is empty: give e.g. 10,30,100.')
@@ -238,7 +265,7 @@ def variants(options: Options) -> List[study.Variant]:
           subset_split(min(percent, options.train_eval_percent)),
           keep_checkpoint=distilled and spec == teacher,
           for_budget=(teacher_for(teacher, percent)
-                      if spec.model == 'vit_distill' else None)))
+                      if spec.model in DISTILLED else None)))
   return result
 
 
@@ -267,7 +294,7 @@ def add_teacher_time(rows, teacher: Optional[ModelSpec]):
   walls = {(r['budget'], r['percent']): r['wall'] for r in rows
            if r['model'] == teacher.name}
   for row in rows:
-    if row['model_key'] == 'vit_distill':
+    if row['model_key'] in DISTILLED:
       row['with_teacher'] = row['wall'] + walls[row['budget'], row['percent']]
 
 
@@ -284,7 +311,7 @@ def outcome(rows, budget) -> List[str]:
     cnn = max(cnns, key=lambda r: r['test_accuracy'])
     best = max(vits, key=lambda r: r['test_accuracy'])
     gap = best['test_accuracy'] - cnn['test_accuracy']
-    without = [r for r in vits if r['model_key'] != 'vit_distill']
+    without = [r for r in vits if r['model_key'] not in DISTILLED]
     best_alone = max(without, key=lambda r: r['test_accuracy'],
                      default=None)
     verdict = 'matches or beats' if gap >= 0 else 'falls short of'
@@ -293,7 +320,7 @@ def outcome(rows, budget) -> List[str]:
             f'{"best " if len(cnns) > 1 else ""}CNN ({cnn["model"]}, '
             f'{report.format_percent(cnn["test_accuracy"])}) by '
             f'{report.format_points(gap)} points')
-    if best['model_key'] == 'vit_distill' and best_alone is not None:
+    if best['model_key'] in DISTILLED and best_alone is not None:
       alone_gap = best_alone['test_accuracy'] - cnn['test_accuracy']
       line += (f'; it needed the CNN as its teacher, so counting the '
                f'teacher\'s training it took {best["with_teacher"]:.0f} s '
@@ -354,9 +381,9 @@ def training_notes(options: Options, specs: List[ModelSpec]) -> List[str]:
         'training, evaluations); each model\'s steps were fitted to it after '
         f'a {options.calibration_steps}-step calibration run, keeping the '
         'whole schedule.')
-  if 'vit_distill' in models:
+  if models & DISTILLED:
     notes.append(
-        '- The distilled ViT learns from the CNN run of the same subset and '
+        '- A distilled ViT learns from the CNN run of the same subset and '
         'budget (hard distillation on its final params); "Wall incl. '
         'teacher" adds that run\'s wall time.')
   notes.append(

@@ -235,7 +235,7 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
                                   fashion_mnist_dir=data_dir)
   variants = vit_vs_resnet.variants(options)
   assert [v.key for v in variants] == [
-      f'{m}_{p}' for p in (10, 30, 100) for m in vit_vs_resnet.MODELS]
+      f'{m}_{p}' for p in (10, 30, 100) for m in vit_vs_resnet.DEFAULT_MODELS]
   whole = split_labels(variants[0].config, 'train')
   for variant in variants:
     config = variant.config
@@ -247,7 +247,7 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
     # The teacher keeps its checkpoint for the student of its subset.
     is_teacher = variant.cells['model_key'] == 'cnn'
     assert variant.keep_checkpoint == is_teacher
-    if variant.cells['model_key'] == 'vit_distill':
+    if variant.cells['model_key'] in vit_vs_resnet.DISTILLED:
       for each in vit_vs_resnet.budgets(options):
         student = variant.for_budget(config, each, '/runs')
         assert student.distill.teacher == f'/runs/{each.kind}_cnn_{percent}'
@@ -255,8 +255,33 @@ def test_subsets_are_prefixes_of_the_claimed_size(data_dir):
   for percent in (0, 101):
     with pytest.raises(errors.ConfigError, match='not in'):
       vit_vs_resnet.subset_split(percent)
-  with pytest.raises(errors.UserError, match='not cnn, its teacher'):
-    vit_vs_resnet.variants(vit_vs_resnet.Options(models=('vit_distill',)))
+  for student in vit_vs_resnet.DISTILLED:
+    with pytest.raises(errors.UserError,
+                       match=f'{student} but not cnn, its teacher'):
+      vit_vs_resnet.variants(vit_vs_resnet.Options(models=(student,)))
+
+
+def test_vit_vs_resnet_plain_variants_add_one_ingredient_to_the_quickstart(
+    data_dir):
+  options = vit_vs_resnet.Options(
+      models=('cnn', 'vit_baseline', 'vit_plain_spt_lsa', 'vit_plain_distill'),
+      percents=(10,), fashion_mnist_dir=data_dir)
+  configs = {v.cells['model_key']: v for v in vit_vs_resnet.variants(options)}
+  base = configs['vit_baseline'].config.to_dict()
+  spt_lsa = configs['vit_plain_spt_lsa'].config
+  assert spt_lsa.model.patch_embedding == 'spt'
+  assert spt_lsa.model.transformer.attention == 'lsa'
+  distilled = configs['vit_plain_distill']
+  assert distilled.config.model.classifier == 'token_distill'
+  # Everything else is the quickstart's: no recipe.
+  for variant in (spt_lsa, distilled.config):
+    config = variant.to_dict()
+    assert {k: v for k, v in config.items() if k != 'model'} == {
+        k: v for k, v in base.items() if k != 'model'}
+  budget = vit_vs_resnet.budgets(options)[0]
+  student = distilled.for_budget(distilled.config, budget, '/runs')
+  assert student.distill.teacher == f'/runs/{budget.kind}_cnn_10'
+  assert configs['cnn'].keep_checkpoint
 
 
 def test_vit_vs_resnet_models_take_a_learning_rate(data_dir):
