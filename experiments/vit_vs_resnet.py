@@ -48,7 +48,8 @@ from experiments import study
 from vit_flax import errors
 
 
-def with_spt_lsa(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_spt_lsa(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   with config.unlocked():
     config.model.patch_embedding = 'spt'
     config.model.transformer.attention = 'lsa'
@@ -142,8 +143,8 @@ class Options(cli.StudyOptions):
   workdir: str = cli.workdir_option('/tmp/vit_vs_resnet')
   models: Tuple[str, ...] = cli.option(
       DEFAULT_MODELS, f'Models to compare, from: {", ".join(MODELS)} '
-      f'(the distilled ones need {TEACHER}, their teacher); NAME@LR trains NAME at '
-      'peak learning rate LR.')
+      f'(the distilled ones need {TEACHER}, their teacher); NAME@LR trains '
+      'NAME at peak learning rate LR.')
   percents: Tuple[int, ...] = cli.option(
       (10, 30, 100), 'Training subsets: the first so many percent of the '
       'training set.')
@@ -245,10 +246,10 @@ def variants(options: Options) -> List[study.Variant]:
                            f'{", ".join(MODELS)}.')
   specs = parse_models(options.models)
   teacher = teacher_spec(specs)
-  distilled = [s.model for s in specs if s.model in DISTILLED]
-  if distilled and teacher is None:
+  students = [s.model for s in specs if s.model in DISTILLED]
+  if students and teacher is None:
     raise errors.UserError(
-        f'--models has {distilled[0]} but not {TEACHER}, its teacher: add '
+        f'--models has {students[0]} but not {TEACHER}, its teacher: add '
         f'{TEACHER}.')
   if not options.percents:
     raise errors.UserError('--percents is empty: give e.g. 10,30,100.')
@@ -263,7 +264,7 @@ def variants(options: Options) -> List[study.Variant]:
           {'model': spec.name, 'model_key': spec.model, 'percent': percent,
            'base_lr': config.base_lr},
           subset_split(min(percent, options.train_eval_percent)),
-          keep_checkpoint=distilled and spec == teacher,
+          keep_checkpoint=bool(students) and spec == teacher,
           for_budget=(teacher_for(teacher, percent)
                       if spec.model in DISTILLED else None)))
   return result

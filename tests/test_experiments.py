@@ -274,8 +274,7 @@ def test_vit_vs_resnet_plain_variants_add_one_ingredient_to_the_quickstart(
   distilled = configs['vit_plain_distill']
   assert distilled.config.model.classifier == 'token_distill'
   # Everything else is the quickstart's: no recipe.
-  for variant in (spt_lsa, distilled.config):
-    config = variant.to_dict()
+  for config in (spt_lsa.to_dict(), distilled.config.to_dict()):
     assert {k: v for k, v in config.items() if k != 'model'} == {
         k: v for k, v in base.items() if k != 'model'}
   budget = vit_vs_resnet.budgets(options)[0]
