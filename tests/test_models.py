@@ -457,6 +457,55 @@ def test_einsum_attention_matches_flax_values_and_gradients(
     assert abs(float(undropped) - float(value)) > 1e-3
 
 
+@pytest.mark.parametrize('attention_fn', ['einsum', 'flax'])
+@pytest.mark.parametrize('dropout_rate', [0.0, 0.3])
+def test_self_attention_equals_flax_multi_head_attention(attention_fn,
+                                                         dropout_rate):
+  # One matmul for q, k and v: the same params, init, outputs and
+  # gradients as flax's module, which computes three.
+  attention_fn = {'einsum': models.einsum_attention,
+                  'flax': flax.linen.dot_product_attention}[attention_fn]
+  options = dict(num_heads=3, dropout_rate=dropout_rate,
+                 attention_fn=attention_fn)
+  ours = models.MultiHeadSelfAttention(**options)
+  theirs = flax.linen.MultiHeadDotProductAttention(
+      kernel_init=flax.linen.initializers.xavier_uniform(),
+      broadcast_dropout=False, **options)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 12))
+  params = ours.init(jax.random.key(1), x, deterministic=True)['params']
+  their_params = theirs.init(jax.random.key(1), x, x,
+                             deterministic=True)['params']
+  assert jax.tree.structure(params) == jax.tree.structure(their_params)
+  jax.tree.map(np.testing.assert_array_equal, params, their_params)
+  assert flat_shapes(params)['query/kernel'] == (12, 3, 4)
+  params = random_params(params)
+  cotangent = jax.random.normal(jax.random.key(3), x.shape)
+  rngs = {'dropout': jax.random.key(4)}
+
+  def loss_and_grads(apply):
+    loss = lambda p, x: jnp.sum(apply(p, x) * cotangent)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+  value, grads = loss_and_grads(lambda p, x: ours.apply(
+      {'params': p}, x, deterministic=False, rngs=rngs))
+  their_value, their_grads = loss_and_grads(lambda p, x: theirs.apply(
+      {'params': p}, x, x, deterministic=False, rngs=rngs))
+  np.testing.assert_allclose(value, their_value, rtol=1e-5)
+  for g, their_g in zip(jax.tree.leaves(grads), jax.tree.leaves(their_grads)):
+    np.testing.assert_allclose(g, their_g, rtol=1e-4, atol=1e-5)
+  if dropout_rate:  # The same dropout mask, so it does drop something.
+    undropped = jnp.sum(ours.apply({'params': params}, x,
+                                   deterministic=True) * cotangent)
+    assert abs(float(undropped) - float(value)) > 1e-3
+
+
+def test_self_attention_width_must_divide_into_heads():
+  attention = models.MultiHeadSelfAttention(num_heads=5)
+  with pytest.raises(ValueError, match='width 12 is not a multiple of'):
+    attention.init(jax.random.key(0), jnp.ones((1, 3, 12)),
+                   deterministic=True)
+
+
 def test_einsum_attention_rejects_a_mask():
   q = jnp.ones((1, 3, 2, 4))
   with pytest.raises(NotImplementedError, match='no attention mask'):

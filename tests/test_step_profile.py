@@ -19,6 +19,7 @@ ENTRY %main (a: f32[4,8], b: f32[8,8]) -> f32[4,8] {
   %dot.4 = f32[2,4,4]{2,1,0} dot(%a, %a), metadata={op_name="jit(train_step)/jvp(VisionTransformer)/Transformer/encoderblock_0/MultiHeadDotProductAttention_1/dot_general"}
   %dot.5 = f32[4,8]{1,0} dot(%a, %b), metadata={op_name="jit(train_step)/jvp(VisionTransformer)/Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/dot_general"}
   %dot.6 = f32[4,8]{1,0} dot(%a, %b), metadata={op_name="jit(update_fn)/jvp(VisionTransformer)/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/value/dot_general"}
+  %ynn_fusion.7 = f32[4,3,2,4]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%f, metadata={op_name="jit(train_step)/jvp(VisionTransformer)/Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query_key_value/...c,cshd->...shd/dot_general"}, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
   %copy_bitcast_fusion.2 = f32[8,4]{1,0} fusion(%a), kind=kLoop, metadata={op_name="jit(train_step)/transpose(jvp(VisionTransformer))/Transformer/encoderblock_0/LayerNorm_2/add_any"}
   %multiply_fusion = f32[4,8]{1,0} fusion(%a), kind=kLoop, metadata={op_name="jit(train_step)/transpose(jvp(VisionTransformer))/Transformer/encoderblock_0/LayerNorm_0/mul"}
   %tanh_fusion = f32[4,8]{1,0} fusion(%a), kind=kLoop, metadata={op_name="jit(train_step)/jvp(VisionTransformer)/Transformer/encoderblock_0/MlpBlock_3/tanh"}
@@ -35,7 +36,7 @@ def test_entry_instructions_and_their_kinds():
            for name, fields in instructions.items()}
   assert kinds == {
       'a': 'other', 'ynn_fusion.3': 'matmul', 'dot.4': 'attention',
-      'dot.5': 'matmul', 'dot.6': 'matmul', 'copy_bitcast_fusion.2': 'copy',
+      'dot.5': 'matmul', 'dot.6': 'matmul', 'ynn_fusion.7': 'matmul', 'copy_bitcast_fusion.2': 'copy',
       'multiply_fusion': 'layer_norm', 'tanh_fusion': 'gelu',
       'add_fusion.9': 'optimizer', 'sub_fusion': 'loss'}
 

@@ -30,9 +30,11 @@ _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%([\w.-]+) = .*? ([a-z][\w-]*)\((.*)$', re.M)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # The q, k, v and out projections: dense layers (official names end in _1;
-# flax's automatic ones, e.g. the official code's under today's flax, in _0).
+# flax's automatic ones, e.g. the official code's under today's flax, in _0;
+# vit_flax computes q, k and v as one matmul, `query_key_value`).
 _PROJECTION = re.compile(
-    r'MultiHeadDotProductAttention(_\d+)?/(query|key|value|out)/')
+    r'MultiHeadDotProductAttention(_\d+)?/'
+    r'(query|key|value|out|query_key_value)/')
 # Events of the XLA:CPU runtime that enclose thunks rather than run one.
 _ENCLOSING_EVENTS = ('ThunkExecutor', 'ThreadpoolListener', 'end: ')
 
