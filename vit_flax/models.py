@@ -969,11 +969,13 @@ class VisionTransformer(nn.Module):
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
-      raise errors.ConfigError(f'Unknown classifier {self.classifier!r}; expected one '
-                       f'of {CLASSIFIERS}.')
+      raise errors.ConfigError(
+          f'Unknown classifier {self.classifier!r}; expected one of '
+          f'{CLASSIFIERS}.')
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise errors.ConfigError(f'Unknown attention_impl {self.attention_impl!r}; '
-                       f'expected one of {ATTENTION_IMPLS}.')
+      raise errors.ConfigError(
+          f'Unknown attention_impl {self.attention_impl!r}; expected one of '
+          f'{ATTENTION_IMPLS}.')
     transformer = self.transformer or {}
     check_small_data_options(
         prefix='model.transformer.', patch_embedding=self.patch_embedding,
