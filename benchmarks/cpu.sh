@@ -6,7 +6,7 @@
 set -e
 # With tcmalloc, as the README trains on CPUs; `LD_PRELOAD= sh
 # benchmarks/cpu.sh` runs every row with glibc malloc instead. The *_glibc rows
-# (and the reduced config's) always use glibc malloc.
+# always use glibc malloc.
 if [ -z "${LD_PRELOAD+set}" ]; then
   export LD_PRELOAD=libtcmalloc_minimal.so.4
 fi
@@ -20,9 +20,9 @@ run_glibc() {
 }
 run quickstart --config=configs/quickstart.py --steps=30 --rounds=10
 run_glibc quickstart_glibc --config=configs/quickstart.py --steps=30 --rounds=10
-# glibc: this step allocates a 13 GB buffer, and with tcmalloc keeping freed
-# buffers for reuse the process outgrew the VM's 23 GiB.
-run_glibc reduced --config=configs/vit_b16_reduced.py --config.dataset=fashion_mnist \
+# Peaks at about 15 GB of RSS under tcmalloc (docs/benchmarks.md, "Memory of
+# locality"); the earlier locality conv's 13 GB buffer needed glibc here.
+run reduced --config=configs/vit_b16_reduced.py --config.dataset=fashion_mnist \
   --config.batch_eval=256 --steps=2 --rounds=2 --eval_steps=1 \
   --pipeline_batches=10
 run ti16 --config=benchmarks/preset.py:ViT-Ti_16 --steps=5 --rounds=3 \
