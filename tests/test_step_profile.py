@@ -36,8 +36,8 @@ def test_entry_instructions_and_their_kinds():
            for name, fields in instructions.items()}
   assert kinds == {
       'a': 'other', 'ynn_fusion.3': 'matmul', 'dot.4': 'attention',
-      'dot.5': 'matmul', 'dot.6': 'matmul', 'ynn_fusion.7': 'matmul', 'copy_bitcast_fusion.2': 'copy',
-      'multiply_fusion': 'layer_norm', 'tanh_fusion': 'gelu',
+      'dot.5': 'matmul', 'dot.6': 'matmul', 'ynn_fusion.7': 'matmul',
+      'copy_bitcast_fusion.2': 'copy', 'multiply_fusion': 'layer_norm', 'tanh_fusion': 'gelu',
       'add_fusion.9': 'optimizer', 'sub_fusion': 'loss'}
 
 

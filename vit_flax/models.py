@@ -649,19 +649,17 @@ class MultiHeadSelfAttention(nn.Module):
           f'The width {width} is not a multiple of num_heads '
           f'{self.num_heads}; choose a width divisible by the heads.')
     heads = (self.num_heads, width // self.num_heads)
-    projections = [
-        nn.DenseGeneral(features=heads, dtype=self.dtype,
-                        kernel_init=self.kernel_init, name=name)
-        for name in ('query', 'key', 'value')]
+    names = ('query', 'key', 'value')
     if self.is_initializing():
       # Each kernel initialised as flax's DenseGeneral does (same rngs).
-      query, key, value = (project(x) for project in projections)
+      query, key, value = (
+          nn.DenseGeneral(features=heads, dtype=self.dtype,
+                          kernel_init=self.kernel_init, name=name)(x)
+          for name in names)
     else:
       params = self.variables['params']
-      kernel = jnp.stack([params[name]['kernel'] for name in
-                          ('query', 'key', 'value')], axis=1)
-      bias = jnp.stack([params[name]['bias'] for name in
-                        ('query', 'key', 'value')])
+      kernel = jnp.stack([params[name]['kernel'] for name in names], axis=1)
+      bias = jnp.stack([params[name]['bias'] for name in names])
       x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                                 dtype=self.dtype)
       with jax.named_scope('query_key_value'):  # For profiles' op names.
@@ -679,7 +677,7 @@ class MultiHeadSelfAttention(nn.Module):
     # As flax does: pass only the arguments that `attention_fn` takes.
     accepted = inspect.signature(self.attention_fn).parameters
     out = self.attention_fn(query, key, value, **{
-        name: value for name, value in kwargs.items() if name in accepted})
+        name: arg for name, arg in kwargs.items() if name in accepted})
     return nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype,
                            kernel_init=self.kernel_init, name='out')(out)
 
