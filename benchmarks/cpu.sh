@@ -13,7 +13,7 @@ fi
 run() {
   name=$1
   shift
-  python -m vit_flax.benchmark "$@" --json_out="benchmarks/cpu_$name.json"
+  python -m vit_flax.bench.benchmark "$@" --json_out="benchmarks/cpu_$name.json"
 }
 run_glibc() {
   (export LD_PRELOAD=; run "$@")  # A subshell: later rows keep tcmalloc.

@@ -1,6 +1,6 @@
 """Memory and speed of the locality conv's implementations, in one process.
 
-Compiles the config's train step (`train.make_train_step`, the optimizer
+Compiles the config's train step (`step_lib.make_train_step`, the optimizer
 included) once per variant, prints XLA's buffer sizes for it, then times the
 variants in alternating rounds (so that other load on a shared machine hits
 them alike), in wall-clock and in CPU seconds of this process (less
@@ -30,14 +30,15 @@ from unittest import mock
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 
-from vit_flax import benchmark
-from vit_flax import model_configs
-from vit_flax import models
-from vit_flax import optim
-from vit_flax import train
+from vit_flax.bench import benchmark
+from vit_flax.models import depthwise_conv
+from vit_flax.models import presets
+from vit_flax.training import mesh as mesh_lib
+from vit_flax.training import optim
+from vit_flax.training import step as step_lib
 
 VARIANTS = ('none', 'default', 'autodiff', 'grouped')
 NUM_CLASSES = 10
@@ -56,10 +57,10 @@ flags.DEFINE_bool('time', True, 'Time the steps (else only compile).')
 def implementation(variant: str):
   """A context in which DepthwiseConv traces as `variant` says."""
   if variant == 'autodiff':
-    return mock.patch.object(models, 'depthwise_conv_slices',
-                             models.depthwise_conv_slices.fun)
+    return mock.patch.object(depthwise_conv, 'depthwise_conv_slices',
+                             depthwise_conv.depthwise_conv_slices.fun)
   if variant == 'grouped':
-    return mock.patch.object(models, 'default_depthwise_impl',
+    return mock.patch.object(depthwise_conv, 'default_depthwise_impl',
                              lambda: 'grouped')
   return contextlib.nullcontext()
 
@@ -68,16 +69,16 @@ def compile_step(config, variant: str):
   """(compiled step, its state, its batch) for `variant`."""
   config = config.copy_and_resolve_references()
   config.model.locality = variant != 'none'
-  mesh = train.create_mesh()
-  model = model_configs.create_model('vit', config.model, NUM_CLASSES)
+  mesh = mesh_lib.create_mesh()
+  model = presets.create_model('vit', config.model, NUM_CLASSES)
   schedule = optim.create_learning_rate_schedule(
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
   tx = optim.create_optimizer(config, schedule)
-  state = train.create_train_state(model, tx, config, config.pp.crop, mesh)
+  state = step_lib.create_train_state(model, tx, config, config.pp.crop, mesh)
   batch = benchmark.synthetic_batch(config, config.pp.crop, config.batch,
-                                    NUM_CLASSES, train.batch_sharding(mesh))
-  step = train.make_train_step(model, tx, schedule, config, NUM_CLASSES,
+                                    NUM_CLASSES, mesh_lib.batch_sharding(mesh))
+  step = step_lib.make_train_step(model, tx, schedule, config, NUM_CLASSES,
                                mesh, jax.tree.map(lambda x: x.sharding, state))
   with implementation(variant):
     compiled = step.lower(state, batch).compile()

@@ -1,6 +1,6 @@
 """Any model preset at 224 px on the offline Fashion-MNIST, for benchmarks.
 
-python -m vit_flax.benchmark --config=benchmarks/preset.py:ViT-B_16 \
+python -m vit_flax.bench.benchmark --config=benchmarks/preset.py:ViT-B_16 \
     --config.batch=32 --config.batch_eval=32
 
 The train step is timed on synthetic batches; the input pipeline and the
@@ -10,8 +10,8 @@ ImageNet is), which needs no download.
 
 from ml_collections.config_dict import placeholder
 
-from configs import common
-from vit_flax import model_configs
+from vit_flax.configs import common
+from vit_flax.models import presets
 
 
 def get_config(model: str = 'ViT-B_16'):
@@ -20,8 +20,8 @@ def get_config(model: str = 'ViT-B_16'):
   config.pp.crop = 224
   config.pp.augment = 'inception_crop_flip'  # As for ImageNet.
 
-  config.model = model_configs.get_model_config(model)
-  config.model_type = model_configs.PRESET_MODEL_TYPES[model]
+  config.model = presets.get_model_config(model)
+  config.model_type = presets.PRESET_MODEL_TYPES[model]
   if 'attention_impl' in config.model:
     # A copied preset holds None, which --config.model.attention_impl=cudnn
     # could not override.

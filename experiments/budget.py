@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments import runs
 from vit_flax import errors
-from vit_flax import input_pipeline
+from vit_flax.data import curriculum
 
 STEPS, SECONDS = 'steps', 'seconds'  # The kinds of budget.
 
@@ -130,7 +130,7 @@ def calibrate(name: str, config: ml_collections.ConfigDict, workdir: str,
   run = runs.run_training(f'{name} (calibration)', short, workdir)
   size_seconds = steady_step_seconds(run.scalars['loss'],
                                      run.scalars['image_size'])
-  phases = input_pipeline.curriculum_phases(
+  phases = curriculum.curriculum_phases(
       short.pp.curriculum, 'steps', steps, short.pp.crop, steps_per_epoch=1.0)
   untimed = sorted({p.image_size for p in phases} - set(size_seconds))
   if untimed:

@@ -17,7 +17,7 @@ from absl import flags
 import ml_collections
 
 from vit_flax import errors
-from vit_flax import input_pipeline
+from vit_flax.data import idx
 
 # Flags that `define_flags` defines belong to the calling study, so that its
 # --help lists them.
@@ -60,7 +60,7 @@ class StudyOptions:
                           'the end).')
   fashion_mnist_dir: Optional[str] = option(
       None, "Folder of Fashion-MNIST's four IDX files (default: "
-      f'{input_pipeline.FASHION_MNIST_DIR}).')
+      f'{idx.FASHION_MNIST_DIR}).')
 
   def with_data(self, config: ml_collections.ConfigDict
                 ) -> ml_collections.ConfigDict:

@@ -18,13 +18,13 @@ from typing import Dict, List, Tuple
 
 import ml_collections
 
-from configs import quickstart
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax import model_configs
+from vit_flax.configs import quickstart
+from vit_flax.models import presets
 
 # Name -> (stem, units per stage, width factor, GroupNorm groups). The
 # ImageNet stem (7x7/2 conv, 3x3/2 max-pool) runs the stages at 7, 4 and
@@ -50,7 +50,7 @@ def cnn_config(architecture: str,
   config = quickstart.get_config()
   with config.unlocked():
     config.model_type = 'resnet'
-    config.model = model_configs.resnet_config(
+    config.model = presets.resnet_config(
         f'ResNet-{architecture}', num_layers=units, bottleneck=False,
         width_factor=width_factor, stem=stem, norm_groups=groups)
     if base_lr:

@@ -21,13 +21,14 @@ from typing import Dict, List, Tuple
 
 import ml_collections
 
-from configs import quickstart
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax import input_pipeline
+from vit_flax.configs import quickstart
+from vit_flax.data import curriculum as curriculum_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class Options(cli.StudyOptions):
@@ -75,7 +76,7 @@ def schedule_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:
 
 def phases_of(config: ml_collections.ConfigDict):
   """The image-size phases of a config's whole run."""
-  return input_pipeline.curriculum_phases(
+  return curriculum_lib.curriculum_phases(
       config.pp.curriculum, config.pp.curriculum_unit, config.total_steps,
       config.pp.crop, steps_per_epoch=1.0)
 

@@ -14,11 +14,11 @@ from typing import Dict, List
 
 import ml_collections
 
-from configs import quickstart
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
+from vit_flax.configs import quickstart
 
 SETTINGS = {'off': False, 'on': True}  # Table name -> model.locality.
 

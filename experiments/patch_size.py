@@ -16,13 +16,13 @@ from typing import Dict, List, Tuple
 
 import ml_collections
 
-from configs import quickstart
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax import models
+from vit_flax.configs import quickstart
+from vit_flax.models import vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ def study_configs(options: Options) -> Dict[int, ml_collections.ConfigDict]:
 def num_tokens(config: ml_collections.ConfigDict) -> int:
   """Tokens the blocks see: the patches, and a class token if it has one."""
   grid = config.pp.crop // config.model.patches.size[0]
-  return grid**2 + models.num_prefix_tokens(config.model.classifier)
+  return grid**2 + vit.num_prefix_tokens(config.model.classifier)
 
 
 def variants(options: Options) -> List[study.Variant]:
@@ -96,7 +96,7 @@ def write_report(options: Options, results: study.StudyResults):
   panels = [panel for b in results.budgets
             for panel in report.budget_panels(b, results.runs_at(b))]
   first = results.results[0].run.config
-  if models.num_prefix_tokens(first.model.classifier):
+  if vit.num_prefix_tokens(first.model.classifier):
     tokens = 'tokens = patches + the class token'
   else:
     tokens = (f'tokens = patches (the {first.model.classifier} classifier '

@@ -18,21 +18,21 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import ml_collections
 
-from configs import quickstart
-from configs import quickstart_recipe
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax import model_configs
+from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_recipe
+from vit_flax.models import presets
 
 
 def baseline_config() -> ml_collections.ConfigDict:
   """The quickstart, its fields spelled out: what the ingredients join."""
   config = quickstart.get_config()
   with config.unlocked():
-    config.model = model_configs.vit_config(
+    config.model = presets.vit_config(
         'quickstart_baseline', patch=7, hidden_size=96, mlp_dim=192,
         num_heads=4, num_layers=4, classifier='gap')
     config.model.locality = True

@@ -16,15 +16,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
 from vit_flax import errors
-from vit_flax import input_pipeline
-from vit_flax import metrics
-from vit_flax import model_configs
-from vit_flax import train
+from vit_flax.data import datasets
+from vit_flax.data import pipeline as pipeline_lib
+from vit_flax.models import presets
+from vit_flax.training import loop
+from vit_flax.training import mesh as mesh_lib
+from vit_flax.training import metrics
+from vit_flax.training import step as step_lib
 
 # Marks a workdir as made by `fresh_workdir`, so only those are ever deleted.
 _MARKER = '.experiment_workdir'
@@ -123,7 +127,7 @@ def run_training(name: str, config: ml_collections.ConfigDict,
   logging.info('%s: training %d steps in %s.', name, config.total_steps,
                workdir)
   start = time.time()
-  state = train.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   wall_seconds = time.time() - start
   logging.info('%s: done in %.0f s.', name, wall_seconds)
   return Run(name=name, config=config, workdir=workdir, start_time=start,
@@ -133,11 +137,11 @@ def run_training(name: str, config: ml_collections.ConfigDict,
 
 
 def num_classes_of(config: ml_collections.ConfigDict) -> int:
-  return input_pipeline.source_of(config).num_classes
+  return datasets.source_of(config).num_classes
 
 
 def num_train_examples(config: ml_collections.ConfigDict) -> int:
-  return input_pipeline.source_of(config).num_examples(config.pp.train)
+  return datasets.source_of(config).num_examples(config.pp.train)
 
 
 def evaluate_split(config: ml_collections.ConfigDict, params,
@@ -150,14 +154,14 @@ def evaluate_split(config: ml_collections.ConfigDict, params,
   """
   config = copy.deepcopy(config)
   config.pp.test = split
-  pipeline = input_pipeline.Pipeline(config, jax.process_index(),
+  pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
                                      jax.process_count())
-  model = model_configs.create_model_for(config, pipeline.num_classes)
-  mesh = train.create_mesh()
-  eval_step = train.make_eval_step(model, pipeline.num_classes, mesh)
+  model = presets.create_model_for(config, pipeline.num_classes)
+  mesh = mesh_lib.create_mesh()
+  eval_step = step_lib.make_eval_step(model, pipeline.num_classes, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))
-  return train.evaluate(eval_step, params, pipeline,
-                        train.batch_sharding(mesh))
+  return loop.evaluate(eval_step, params, pipeline,
+                        mesh_lib.batch_sharding(mesh))
 
 
 def run_row(run: Run, train_examples: int) -> Dict[str, Any]:

@@ -20,13 +20,13 @@ from typing import Dict, List, Tuple
 
 import ml_collections
 
-from configs import vit_staged_quickstart
-from configs import vit_tower_quickstart
 from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
+from vit_flax.configs import vit_staged_quickstart
+from vit_flax.configs import vit_tower_quickstart
 
 
 def model_configs() -> Dict[str, Tuple[ml_collections.ConfigDict, str]]:

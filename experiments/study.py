@@ -30,8 +30,8 @@ from experiments import cli
 from experiments import report
 from experiments import runs
 from vit_flax import errors
-from vit_flax import host
-from vit_flax import model_stats
+from vit_flax.models import stats
+from vit_flax.training import host
 
 # `Study.run_as_command` defines the flags of the calling study (--help).
 flags.disclaim_key_flags()
@@ -133,10 +133,10 @@ def measure_variants(variants: Sequence[Variant], kinds: Sequence[str]
     if model not in by_model:
       by_model[model] = {}
       if 'params' in kinds:
-        by_model[model]['params'] = model_stats.config_params(config,
+        by_model[model]['params'] = stats.config_params(config,
                                                               num_classes)
       if 'flops' in kinds:
-        by_model[model]['flops'] = model_stats.config_flops(config,
+        by_model[model]['flops'] = stats.config_flops(config,
                                                             num_classes)
     measures[variant.key] = dict(
         by_model[model], train_examples=runs.num_train_examples(config))

@@ -37,15 +37,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import ml_collections
 
-from configs import cnn_quickstart
-from configs import quickstart
-from configs import quickstart_recipe
 from experiments import budget as budget_lib
 from experiments import cli
 from experiments import recipe
 from experiments import report
 from experiments import study
 from vit_flax import errors
+from vit_flax.configs import cnn_quickstart
+from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_recipe
 
 
 def with_spt_lsa(

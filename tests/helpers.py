@@ -12,12 +12,17 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from configs import common
-from vit_flax import checkpoint
-from vit_flax import model_configs
-from vit_flax import models
-from vit_flax import optim
-from vit_flax import train
+from vit_flax.configs import common
+from vit_flax.models import presets
+from vit_flax.models import vit
+from vit_flax.training import mesh as mesh_lib
+from vit_flax.training import optim
+from vit_flax.training import step
+from vit_flax.weights import npz
+
+# The repository, and the tests' folder (shared helpers live here).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, 'tests')
 
 
 def tiny_model_config(classifier='token', hidden_size=16, num_layers=2,
@@ -65,7 +70,7 @@ def small_fashion_mnist_config(data, **overrides):
 
 def read_scalars(workdir) -> dict:
   """{tag: {step: value}} of the TensorBoard scalars written in `workdir`."""
-  from vit_flax import metrics  # pylint: disable=g-import-not-at-top
+  from vit_flax.training import metrics  # pylint: disable=g-import-not-at-top
   return {tag: dict(points)
           for tag, points in metrics.read_scalars(workdir).items()}
 
@@ -80,11 +85,11 @@ def write_idx(path, array) -> None:
 
 def write_fashion_mnist(directory, num_train, num_test, seed=0) -> None:
   """A small random Fashion-MNIST (the four IDX files), if not there yet."""
-  from vit_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_flax.data import idx  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(seed)
   os.makedirs(directory, exist_ok=True)
   for split, n in (('train', num_train), ('test', num_test)):
-    images_file, labels_file = input_pipeline.FASHION_MNIST_FILES[split]
+    images_file, labels_file = idx.FASHION_MNIST_FILES[split]
     labels = np.arange(n) % 10
     # Learnable: each class has its own mean brightness.
     images = np.clip(rng.randn(n, 28, 28) * 20 + labels[:, None, None] * 20
@@ -103,13 +108,13 @@ def train_losses(model_type, model_config, images, labels, num_classes,
   config.optimizer = 'adam'
   config.optim_dtype = 'float32'
   config.base_lr = 1e-2
-  model = model_configs.create_model(model_type, model_config, num_classes)
+  model = presets.create_model(model_type, model_config, num_classes)
   schedule = optim.create_learning_rate_schedule(steps, config.base_lr,
                                                  'constant', 0)
   tx = optim.create_optimizer(config, schedule)
-  mesh = train.create_mesh()
-  state = train.create_train_state(model, tx, config, images.shape[1], mesh)
-  train_step = train.make_train_step(model, tx, schedule, config, num_classes,
+  mesh = mesh_lib.create_mesh()
+  state = step.create_train_state(model, tx, config, images.shape[1], mesh)
+  train_step = step.make_train_step(model, tx, schedule, config, num_classes,
                                      mesh)
   losses = []
   for _ in range(steps):
@@ -120,8 +125,8 @@ def train_losses(model_type, model_config, images, labels, num_classes,
 
 def final_params(workdir):
   """The flat params tiny_run.py saved in `workdir`/final.npz at the end."""
-  return checkpoint.flatten(
-      checkpoint.load(os.path.join(workdir, 'final.npz')))
+  return npz.flatten(
+      npz.load(os.path.join(workdir, 'final.npz')))
 
 # A tiny model saved as .npz with images to run it on (predict, inference).
 NUM_CLASSES = 10  # Fashion-MNIST's.
@@ -149,9 +154,9 @@ def write_inference_run(directory):
   """A tiny model saved as .npz in `directory`, its config, a few images."""
   directory = pathlib.Path(directory)
   config = inference_run_config()
-  model = models.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
+  model = vit.VisionTransformer(num_classes=NUM_CLASSES, **config.model)
   params = random_head_params(model, 16)
-  checkpoint.save(params, directory / 'model.npz')
+  npz.save(params, directory / 'model.npz')
   # Distinct content and sizes (resized to 16), one grayscale.
   rows, cols = np.mgrid[0:20, 0:24]
   red = np.array([220, 30, 30], np.uint8)

@@ -3,7 +3,7 @@
 The state dicts follow the libraries' own conversions of vit_jax weights
 (timm's `_load_weights` for `.npz` files, transformers'
 `convert_vit_timm_to_pytorch.py`), written out here independently of
-`vit_flax.pytorch_weights`. `timm_forward` computes a timm ViT / DeiT with
+`vit_flax.weights`. `timm_forward` computes a timm ViT / DeiT with
 NumPy from such a state dict, so that the layouts are checked against what
 the PyTorch models compute, not only against our own conversion.
 """
@@ -13,8 +13,8 @@ import os
 
 import flax
 import numpy as np
-import scipy.special
 import safetensors.numpy
+import scipy.special
 
 QKV = ('query', 'key', 'value')
 

@@ -7,7 +7,7 @@ from typing import Any, List, Sequence, Tuple
 import jax
 
 from vit_flax import errors
-from vit_flax.models_staged import StagedVisionTransformer
+from vit_flax.models.staged import StagedVisionTransformer
 
 Array = Any
 GridShape = Tuple[int, int]

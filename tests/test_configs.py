@@ -10,9 +10,10 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from vit_flax.models import presets
+from vit_flax.training import loop
+
 from helpers import read_scalars
-from vit_flax import model_configs
-from vit_flax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -23,8 +24,8 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_builds_its_model(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  model = model_configs.create_model_for(config, 10)
-  model_configs.abstract_params(model, config.pp.crop)
+  model = presets.create_model_for(config, 10)
+  presets.abstract_params(model, config.pp.crop)
 
 
 def short_run(config, steps=24):
@@ -56,7 +57,7 @@ def test_recipe_trains_on_mock_data(name, tmp_path):
   with config.unlocked():
     config.pp.curriculum = ()  # Steps, not epochs, in so short a run.
   with tfds.testing.mock_data(num_examples=8):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert_loss_falls(tmp_path)
 
 
@@ -74,5 +75,5 @@ def test_tinyimagenet_recipe_trains_on_an_image_folder(tmp_path):
       'configs.vit_tinyimagenet_scratch').get_config()
   with config.unlocked():
     config.dataset = str(tmp_path / 'data')
-  train.train_and_evaluate(short_run(config), str(tmp_path / 'run'))
+  loop.train_and_evaluate(short_run(config), str(tmp_path / 'run'))
   assert_loss_falls(tmp_path / 'run')

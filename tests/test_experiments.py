@@ -12,9 +12,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common as common_config
-from configs import quickstart
-from configs import cnn_quickstart
 from experiments import budget
 from experiments import cli
 from experiments import cnn_baseline
@@ -26,11 +23,16 @@ from experiments import report
 from experiments import runs
 from experiments import staged_vs_tower
 from experiments import vit_vs_resnet
+from vit_flax import errors
+from vit_flax.configs import cnn_quickstart
+from vit_flax.configs import common as common_config
+from vit_flax.configs import quickstart
+from vit_flax.data import datasets
+from vit_flax.models import stats
+
+import helpers
 from helpers import tiny_model_config
 from helpers import write_fashion_mnist
-from vit_flax import errors
-from vit_flax import input_pipeline
-from vit_flax import model_stats
 
 NUM_TRAIN, NUM_TEST = 512, 200
 
@@ -51,7 +53,7 @@ def test_study_commands_start(name, own_flag):
   result = subprocess.run(
       [sys.executable, '-m', f'experiments.{name}', '--help'],
       capture_output=True, text=True, timeout=120,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      cwd=helpers.REPO)
   # absl's --help exits with 1 after printing the flags.
   assert 'Error' not in result.stderr, result.stderr[-2000:]
   # --help lists the flags of the study, shared ones included.
@@ -223,7 +225,7 @@ def test_curriculum_sizes_must_fit_the_patches():
 
 def split_labels(config, split):
   """The labels of `split`, in order."""
-  source = input_pipeline.get_source(config.dataset, None,
+  source = datasets.get_source(config.dataset, None,
                                      config.tfds_manual_dir)
   dataset, _ = source.read(split, 0, 1, drop_remainder=False)
   return np.array([int(example['label'])
@@ -339,11 +341,11 @@ def test_cnn_baseline_sweeps_architectures_then_learning_rates():
 
 def test_the_cnn_costs_the_same_order_as_the_vit():
   vit, cnn = quickstart.get_config(), cnn_quickstart.get_config()
-  ratio = (model_stats.config_flops(cnn, 10) /
-           model_stats.config_flops(vit, 10))
+  ratio = (stats.config_flops(cnn, 10) /
+           stats.config_flops(vit, 10))
   assert 1 / 3 < ratio < 3
-  assert 1 / 3 < (model_stats.config_params(cnn, 10) /
-                  model_stats.config_params(vit, 10)) < 3
+  assert 1 / 3 < (stats.config_params(cnn, 10) /
+                  stats.config_params(vit, 10)) < 3
   # The same data, augmentation and optimisation; only the model and its
   # learning rate differ.
   assert {name.split('.')[0] for name in differences(
@@ -486,7 +488,7 @@ def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
     assert row['Steps'] == str(scalars['loss'][-1].step) == '3'
     assert row['Epochs'] == f'{3 * 256 / NUM_TRAIN:.1f}'
     assert row['Params'] == report.format_count(
-        model_stats.config_params(config, 10))
+        stats.config_params(config, 10))
     assert float(row['Wall time (s)']) > 0
 
 
@@ -530,8 +532,8 @@ def test_every_study_follows_the_skeleton(name, data_dir, tmp_path,
       return 1000.0 * len(measured)
     return measure
 
-  monkeypatch.setattr(model_stats, 'config_params', fake_measure('params'))
-  monkeypatch.setattr(model_stats, 'config_flops', fake_measure('flops'))
+  monkeypatch.setattr(stats, 'config_params', fake_measure('params'))
+  monkeypatch.setattr(stats, 'config_flops', fake_measure('flops'))
   options = module.Options(out=str(tmp_path / 'report'),
                            workdir=str(tmp_path / 'runs'),
                            fashion_mnist_dir=data_dir, **study_options)

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from vit_flax import cli
+import helpers
+from vit_flax.commands import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = helpers.REPO
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +40,7 @@ def test_installed_package_imports_from_another_folder(venv):
   bin_dir, elsewhere = venv
   done = subprocess.run(
       [str(bin_dir / 'python'), '-c',
-       'import vit_flax, vit_flax.pytorch_weights; print(vit_flax.__file__)'],
+       'import vit_flax, vit_flax.weights.pytorch_read; print(vit_flax.__file__)'],
       capture_output=True, text=True, cwd=elsewhere, check=True)
   path = done.stdout.strip()
   assert 'site-packages' in path and not path.startswith(REPO)

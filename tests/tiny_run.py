@@ -39,12 +39,14 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
+from vit_flax.configs import common
+from vit_flax.data import pipeline
+from vit_flax.training import loop
+from vit_flax.training import mesh
+from vit_flax.weights import npz
+
 from helpers import tiny_model_config
 from helpers import write_fashion_mnist
-from configs import common
-from vit_flax import checkpoint
-from vit_flax import input_pipeline
-from vit_flax import train
 
 
 def tiny_config():
@@ -73,14 +75,14 @@ def tiny_config():
 def slow_down():
   """Test-only delays, so that kills can land mid-step or mid-save."""
   if args.slow_step:
-    batches = input_pipeline.Pipeline.train_batches
+    batches = pipeline.Pipeline.train_batches
 
     def slow_batches(self, start_step=0):
       for batch in batches(self, start_step):
         time.sleep(args.slow_step)
         yield batch
 
-    input_pipeline.Pipeline.train_batches = slow_batches
+    pipeline.Pipeline.train_batches = slow_batches
   if args.slow_commit:
     from orbax.checkpoint._src.path import atomicity
     finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -103,12 +105,12 @@ def main():
   if args.coordinator:  # The others read it once it is there.
     multihost_utils.sync_global_devices('data written')
   config = tiny_config()
-  state = train.train_and_evaluate(config, args.workdir)
+  state = loop.train_and_evaluate(config, args.workdir)
   if int(state.step) == config.total_steps:
     # Every process: params split across processes are gathered.
-    params = train.fetch_params(state.params)
+    params = mesh.fetch_params(state.params)
     if jax.process_index() == 0:
-      checkpoint.save(params, os.path.join(args.workdir, 'final.npz'))
+      npz.save(params, os.path.join(args.workdir, 'final.npz'))
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ python -m venv --system-site-packages /work/venvs/torch
 
 It exports tiny vit_flax runs with `python -m vit_flax.export` and runs the
 code the export prints; saves tiny timm and transformers models (random
-weights) and loads them with `checkpoint.load_pretrained`; and compares the
+weights) and loads them with `pretrained_lib.load_pretrained`; and compares the
 logits, and those of the tests' NumPy model (tests/pytorch_layouts.py).
 Exits 1 if a comparison is off by more than its tolerance.
 """
@@ -32,6 +32,7 @@ def _torchvision_without_its_ops():
   FrozenBatchNorm2d, which timm imports) load. A no-op where the ops load.
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   import torch  # pylint: disable=g-import-not-at-top
   spec = importlib.util.find_spec('torchvision')
   try:
@@ -58,11 +59,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, 'tests')]
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from configs import common  # noqa: E402
+
+from vit_flax import errors
+from vit_flax.configs import common  # noqa: E402
+from vit_flax.models import presets
+from vit_flax.training import checkpointing  # noqa: E402
+from vit_flax.weights import pretrained as pretrained_lib
+from vit_flax.weights import pytorch_read
+from vit_flax.weights import pytorch_write
+
 import pytorch_layouts  # noqa: E402
-from vit_flax import checkpoint, errors, model_configs  # noqa: E402
-from vit_flax import train_checkpoints  # noqa: E402
-from vit_flax import pytorch_weights  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix='verify_torch_')
 IMAGES = np.random.RandomState(0).uniform(-1, 1, (2, 32, 32, 3)).astype(
@@ -81,7 +87,7 @@ def report(name, got, want, tol=1e-5):
 def tiny_config(classifier='token', gelu='tanh'):
   config = common.get_config()
   config.pp.crop = 32
-  config.model = model_configs.vit_config(
+  config.model = presets.vit_config(
       't', patch=8, hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2,
       classifier=classifier)
   config.model.gelu = gelu
@@ -89,12 +95,12 @@ def tiny_config(classifier='token', gelu='tanh'):
 
 
 def vit_flax_logits(model_config, params, num_classes=5):
-  model = model_configs.create_model('vit', model_config, num_classes)
+  model = presets.create_model('vit', model_config, num_classes)
   return np.asarray(model.apply({'params': params}, IMAGES, train=False))
 
 
 def init_params(model_config, num_classes=5, seed=1):
-  model = model_configs.create_model('vit', model_config, num_classes)
+  model = presets.create_model('vit', model_config, num_classes)
   return jax.device_get(model.init(jax.random.key(seed),
                                    jnp.zeros((1, 32, 32, 3)),
                                    train=False)['params'])
@@ -118,7 +124,7 @@ def part_a():
     params = jax.tree.map(lambda p: (0.3 * rng.randn(*p.shape)).astype(
         np.float32), init_params(config.model))
     workdir = os.path.join(TMP, f'run_{classifier}_{gelu}')
-    ckpt = train_checkpoints.Checkpointer(workdir, asynchronous=False)
+    ckpt = checkpointing.Checkpointer(workdir, asynchronous=False)
     ckpt.save_if_best(1, params, config, accuracy=0.5)
     ckpt.wait()
     ckpt.close()
@@ -141,7 +147,7 @@ def part_a():
              namespace['logits'].numpy(), want)
     # timm's default fc_norm for a gap model: the error the issue names.
     if classifier == 'gap' and gelu == 'tanh':
-      args = pytorch_weights.timm_model_args(params, config.model)
+      args = pytorch_write.timm_model_args(params, config.model)
       args.pop('fc_norm')
       model = timm.create_model('vit_base_patch16_224', pretrained=False,
                                 **args)
@@ -171,7 +177,7 @@ def part_b():
     torch.save(state, paths['pth'])
     config = tiny_config('token' if class_token else 'gap', 'exact')
     for kind, path in paths.items():
-      params = checkpoint.load_pretrained(
+      params = pretrained_lib.load_pretrained(
           pretrained_path=path, init_params=init_params(config.model),
           model_config=config.model, keep_head=True)
       report(f'timm {pool} ({kind}) -> vit_flax',
@@ -190,7 +196,7 @@ def part_b():
   safetensors.torch.save_file(model.state_dict(), path)
   config = tiny_config('gap', 'exact')
   try:
-    checkpoint.load_pretrained(pretrained_path=path,
+    pretrained_lib.load_pretrained(pretrained_path=path,
                                init_params=init_params(config.model),
                                model_config=config.model)
     print('BAD fc_norm loaded')
@@ -206,10 +212,10 @@ def part_b():
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   path = os.path.join(TMP, 'deit.safetensors')
   safetensors.torch.save_file(model.state_dict(), path)
-  params, arch = pytorch_weights.load(path, num_heads=2)
+  params, arch = pytorch_read.load(path, num_heads=2)
   assert arch.distilled and sorted(params)[:3] == ['Transformer', 'cls',
                                                    'dist'], sorted(params)
-  back = pytorch_weights.to_timm(params, tiny_config().model)
+  back = pytorch_write.to_timm(params, tiny_config().model)
   assert back.keys() == state.keys()
   assert all(np.array_equal(back[k], state[k]) for k in state)
   print('OK  timm DeiT distilled -> dist/head_dist -> timm: bit-identical')
@@ -233,7 +239,7 @@ def part_c(deit_params):
     model.save_pretrained(folder)
     print('    saved:', sorted(os.listdir(folder)))
     config = tiny_config('token', 'exact')
-    params = checkpoint.load_pretrained(
+    params = pretrained_lib.load_pretrained(
         pretrained_path=folder, init_params=init_params(config.model),
         model_config=config.model, keep_head=True)
     report(f'transformers ViT (layer_norm_eps={eps}) -> vit_flax',
@@ -250,31 +256,31 @@ def part_c(deit_params):
     want = model(pixel_values=TORCH_IMAGES).logits.numpy()
   folder = os.path.join(TMP, 'hf_deit')
   model.save_pretrained(folder)
-  params, arch = pytorch_weights.load(folder)
+  params, arch = pytorch_read.load(folder)
   assert arch.distilled
   report('transformers DeiT with teacher -> vit_flax params -> NumPy',
          pytorch_layouts.timm_forward(
-             pytorch_weights.to_timm(params, tiny_config().model), IMAGES, 2,
+             pytorch_write.to_timm(params, tiny_config().model), IMAGES, 2,
              'exact'), want)
   # vit_flax DeiT params (from timm above) out to transformers and timm.
   config = tiny_config('token', 'exact')
-  state, hf_json = pytorch_weights.to_hf(deit_params, config.model)
+  state, hf_json = pytorch_write.to_hf(deit_params, config.model)
   folder = os.path.join(TMP, 'deit_out_hf')
   os.makedirs(folder)
   with open(os.path.join(folder, 'model.safetensors'), 'wb') as f:
-    f.write(pytorch_weights.safetensors_bytes(state))
+    f.write(pytorch_write.safetensors_bytes(state))
   with open(os.path.join(folder, 'config.json'), 'w') as f:
     json.dump(hf_json, f)
   hf_model = transformers.AutoModelForImageClassification.from_pretrained(
       folder).eval()
   print('    loaded as', type(hf_model).__name__)
-  timm_state = pytorch_weights.to_timm(deit_params, config.model)
+  timm_state = pytorch_write.to_timm(deit_params, config.model)
   want = pytorch_layouts.timm_forward(timm_state, IMAGES, 2, 'exact')
   with torch.no_grad():
     report('vit_flax DeiT params -> transformers',
            hf_model(pixel_values=TORCH_IMAGES).logits.numpy(), want)
-  args = pytorch_weights.timm_model_args(deit_params, config.model)
-  timm_model = timm.create_model(pytorch_weights.timm_base_name(deit_params),
+  args = pytorch_write.timm_model_args(deit_params, config.model)
+  timm_model = timm.create_model(pytorch_write.timm_base_name(deit_params),
                                  pretrained=False, **args)
   timm_model.load_state_dict({k: torch.from_numpy(v)
                               for k, v in timm_state.items()})

@@ -1,226 +1,27 @@
-"""Model presets, keyed by the official checkpoint names (`ViT-B_16`, ...).
+"""vit_jax's model configs by name: `get_model_config('ViT-B_16')`.
 
-`MODEL_CONFIGS[name]` is a locked `ml_collections.ConfigDict` with the
-official fields, so `VisionTransformer(num_classes=n, **config)` builds it
-(or the module of `PRESET_MODEL_TYPES[name]`: ResNet and Mixer baselines).
+The presets and the model registry live in `vit_flax.models.presets`; these
+are their names as users of vit_jax look for them.
 """
 
-import functools
-from typing import Optional, Sequence, Tuple
+from vit_flax.models.presets import create_model
+from vit_flax.models.presets import create_model_for
+from vit_flax.models.presets import get_model_config
+from vit_flax.models.presets import mixer_config
+from vit_flax.models.presets import MODEL_CONFIGS
+from vit_flax.models.presets import MODEL_TYPES
+from vit_flax.models.presets import resnet_config
+from vit_flax.models.presets import staged_config
+from vit_flax.models.presets import vit_config
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
-
-from vit_flax import errors
-from vit_flax import models
-from vit_flax import models_mixer
-from vit_flax import models_resnet
-from vit_flax import models_staged
-
-MODEL_CONFIGS = {}
-# config.model_type -> the module class built from config.model.
-MODEL_TYPES = {'vit': models.VisionTransformer,
-               'resnet': models_resnet.ResNet,
-               'mixer': models_mixer.MlpMixer,
-               'staged': models_staged.StagedVisionTransformer}
-# Preset name -> the config.model_type it needs.
-PRESET_MODEL_TYPES = {}
-
-
-def _register(config: ml_collections.ConfigDict,
-              model_type: str = 'vit') -> ml_collections.ConfigDict:
-  MODEL_CONFIGS[config.model_name] = config.lock()
-  PRESET_MODEL_TYPES[config.model_name] = model_type
-  return config
-
-
-def _register_alias(alias: str, name: str) -> None:
-  """`alias` names the preset `name` (its config says `model_name=alias`)."""
-  config = ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
-  config.model_name = alias
-  MODEL_CONFIGS[alias] = config.lock()
-  PRESET_MODEL_TYPES[alias] = PRESET_MODEL_TYPES[name]
-
-
-def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
-               num_heads: int, num_layers: int, dropout_rate: float = 0.0,
-               classifier: str = 'token',
-               resnet_layers: Optional[Sequence[int]] = None
-               ) -> ml_collections.ConfigDict:
-  """A ViT model config with the official field names."""
-  config = ml_collections.ConfigDict()
-  config.model_name = model_name
-  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
-  config.hidden_size = hidden_size
-  config.transformer = ml_collections.ConfigDict()
-  config.transformer.mlp_dim = mlp_dim
-  config.transformer.num_heads = num_heads
-  config.transformer.num_layers = num_layers
-  config.transformer.attention_dropout_rate = 0.0
-  config.transformer.dropout_rate = dropout_rate
-  config.classifier = classifier
-  config.representation_size = None
-  config.head_bias_init = 0.0
-  # Extensions (see models.VisionTransformer); these values are official.
-  config.locality = False
-  config.dtype = 'float32'
-  config.attention_impl = ml_collections.config_dict.placeholder(str)
-  config.remat = False
-  config.gelu = 'tanh'  # Or 'exact' (erf), as timm / Hugging Face models.
-  # For training from scratch on small data; these values are official.
-  config.transformer.stochastic_depth = 0.0  # Last block's drop-path rate.
-  config.transformer.attention = 'mhsa'  # Or 'lsa'.
-  config.patch_embedding = 'conv'  # Or 'spt'.
-  config.posemb = 'learned'  # Or 'sincos2d'.
-  if resnet_layers is not None:
-    config.resnet = ml_collections.ConfigDict()
-    config.resnet.num_layers = tuple(resnet_layers)
-    config.resnet.width_factor = 1
-  return config
-
-
-def resnet_config(model_name: str, num_layers: Sequence[int],
-                  bottleneck: bool = True, width_factor: float = 1.0,
-                  stem: str = 'imagenet',
-                  norm_groups: int = 32) -> ml_collections.ConfigDict:
-  """A config of `models_resnet.ResNet` (model_type 'resnet')."""
-  config = ml_collections.ConfigDict()
-  config.model_name = model_name
-  config.num_layers = tuple(num_layers)
-  config.bottleneck = bottleneck
-  config.width_factor = float(width_factor)
-  config.stem = stem
-  config.norm_groups = norm_groups
-  config.dtype = 'float32'
-  return config
-
-
-def staged_config(model_name: str, patch: int,
-                  stages: Sequence[Tuple[int, int, int, int]],
-                  transition: str = 'pool', classifier: str = 'token',
-                  dropout_rate: float = 0.0) -> ml_collections.ConfigDict:
-  """A staged model config; `stages` holds (num_layers, hidden_size,
-  num_heads, mlp_dim) per stage. Pair it with `config.model_type='staged'`."""
-  config = ml_collections.ConfigDict()
-  config.model_name = model_name
-  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
-  config.stages = tuple(dict(zip(models_staged.STAGE_FIELDS, stage))
-                        for stage in stages)
-  config.transition = transition
-  config.classifier = classifier
-  config.dropout_rate = dropout_rate
-  config.attention_dropout_rate = 0.0
-  config.representation_size = None
-  config.head_bias_init = 0.0
-  config.locality = False
-  config.dtype = 'float32'
-  config.attention_impl = ml_collections.config_dict.placeholder(str)
-  config.remat = False
-  config.stochastic_depth = 0.0  # Drop-path rate of the last block.
-  config.attention = 'mhsa'  # Or 'lsa'.
-  config.patch_embedding = 'conv'  # Or 'spt'.
-  config.posemb = 'learned'  # Or 'sincos2d'.
-  config.gelu = 'tanh'
-  return config
-
-
-def mixer_config(model_name: str, patch: int, hidden_dim: int,
-                 num_blocks: int, tokens_mlp_dim: int, channels_mlp_dim: int
-                 ) -> ml_collections.ConfigDict:
-  """An MLP-Mixer config with the official field names (model_type 'mixer')."""
-  config = ml_collections.ConfigDict()
-  config.model_name = model_name
-  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
-  config.hidden_dim = hidden_dim
-  config.num_blocks = num_blocks
-  config.tokens_mlp_dim = tokens_mlp_dim
-  config.channels_mlp_dim = channels_mlp_dim
-  config.dtype = 'float32'
-  return config
-
-
-def create_model(model_type: str, model_config, num_classes: int) -> nn.Module:
-  """`MODEL_TYPES[model_type](num_classes=..., **model_config)`."""
-  if model_type not in MODEL_TYPES:
-    raise errors.ConfigError(
-        f'Unknown model_type {model_type!r}; expected one of '
-        f'{sorted(MODEL_TYPES)}.')
-  if model_config is None:
-    raise errors.ConfigError('config.model is not set; use a preset such as '
-                             "model_configs.get_model_config('ViT-B_16').")
-  try:
-    return MODEL_TYPES[model_type](num_classes=num_classes, **model_config)
-  except TypeError as e:
-    raise errors.ConfigError(
-        f'config.model does not fit model_type={model_type!r}: {e}.') from e
-
-
-def create_model_for(config, num_classes: int) -> nn.Module:
-  """The model of a run config (`config.model_type`, `config.model`)."""
-  return create_model(config.get('model_type', 'vit'), config.get('model'),
-                      num_classes)
-
-
-def abstract_params(model: nn.Module, image_size: int, num_channels: int = 3):
-  """The params of `model` as shape structs, by tracing its init at
-  `image_size` (no compute, nothing allocated); raises what the model
-  raises for that input (e.g. a patch size that does not divide it)."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, num_channels),
-                                jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, train=False),
-                        jax.random.key(0), images)['params']
-
-
-def get_model_config(name: str) -> ml_collections.ConfigDict:
-  """An unlocked copy of a preset, with a clear error for unknown names."""
-  if name not in MODEL_CONFIGS:
-    raise errors.ConfigError(f'Unknown model {name!r}; known models: '
-                     f'{", ".join(sorted(MODEL_CONFIGS))}.')
-  return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
-
-
-# Only for tests.
-_register(vit_config('testing', 16, 10, 10, 2, 1, dropout_rate=0.1))
-
-# Shapes from the paper (Table 1) and the released checkpoints.
-_register(vit_config('ViT-Ti_16', 16, 192, 768, 3, 12))
-_register(vit_config('ViT-S_16', 16, 384, 1536, 6, 12))
-_register(vit_config('ViT-S_32', 32, 384, 1536, 6, 12))
-_register(vit_config('ViT-B_16', 16, 768, 3072, 12, 12))
-_register(vit_config('ViT-B_32', 32, 768, 3072, 12, 12))
-_register(vit_config('ViT-B_8', 8, 768, 3072, 12, 12))
-_register(vit_config('ViT-L_16', 16, 1024, 4096, 16, 24, dropout_rate=0.1))
-_register(vit_config('ViT-L_32', 32, 1024, 4096, 16, 24))
-_register(vit_config('ViT-H_14', 14, 1280, 5120, 16, 32, dropout_rate=0.1))
-_register(vit_config('ViT-S_16-gap-norep', 16, 384, 1536, 6, 12,
-                     classifier='gap'))
-_register(vit_config('ViT-B_16-gap-norep', 16, 768, 3072, 12, 12,
-                     classifier='gap'))
-
-# Hybrids: a ResNet root, then 1x1 "patches" of its feature map. (3, 4, 9)
-# units downsample by 2^(2+2) = 16, hence the /16 name.
-_register(vit_config('R50+ViT-B_16', 1, 768, 3072, 12, 12, dropout_rate=0.1,
-                     resnet_layers=(3, 4, 9)))
-_register(vit_config('R26+ViT-B_32', 1, 768, 3072, 12, 12,
-                     resnet_layers=(2, 2, 2, 2)))
-_register(vit_config('R50+ViT-L_32', 1, 1024, 4096, 16, 24, dropout_rate=0.1,
-                     resnet_layers=(3, 4, 6, 3)))
-
-# For from-scratch training on small data: ViT-S's width and heads, 8x8
-# patches, 6 blocks. 'ViT-B_16_reduced' is the name other projects gave it.
-_register(vit_config('ViT-S_8-depth6', 8, 384, 1536, 6, 6, dropout_rate=0.1))
-_register_alias('ViT-B_16_reduced', 'ViT-S_8-depth6')
-
-# ResNet baselines: the hybrid root's post-activation units with GroupNorm and
-# weight standardisation, as a classifier. BiT-M/S .npz files hold pre-
-# activation (v2) ResNets under TF names and do not load into these.
-_register(resnet_config('BiT-R18', (2, 2, 2, 2), bottleneck=False), 'resnet')
-_register(resnet_config('BiT-R26', (2, 2, 2, 2)), 'resnet')
-_register(resnet_config('BiT-R50x1', (3, 4, 6, 3)), 'resnet')
-
-# MLP-Mixers as in the paper (Table 1) and gs://mixer_models/.
-_register(mixer_config('Mixer-B_16', 16, 768, 12, 384, 3072), 'mixer')
-_register(mixer_config('Mixer-B_32', 32, 768, 12, 384, 3072), 'mixer')
-_register(mixer_config('Mixer-L_16', 16, 1024, 24, 512, 4096), 'mixer')
+__all__ = [
+  'MODEL_CONFIGS',
+  'MODEL_TYPES',
+  'create_model',
+  'create_model_for',
+  'get_model_config',
+  'mixer_config',
+  'resnet_config',
+  'staged_config',
+  'vit_config',
+]

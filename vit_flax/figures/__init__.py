@@ -1,0 +1,1 @@
+"""Figures that look inside a model: attention, embedding filters, positions."""
