@@ -8,6 +8,8 @@ import sys
 import pytest
 
 import helpers
+from vit_flax import errors
+from vit_flax.commands import cli
 
 REPO = helpers.REPO
 
@@ -24,6 +26,9 @@ def run_main(*args, env=None):
     (['--config=configs/quickstart.py', '--config.total_step=20'],
      ['total_step', 'total_steps']),  # Did you mean...
     (['--config=configs/nosuch.py'], ['configs/nosuch.py']),
+    # A name that matches no shipped config lists those that ship.
+    (['--config=quikstart'], ['quikstart', 'did you mean --config=quickstart',
+                              'vit_b16_finetune, vit_b16_reduced']),
 ])
 def test_bad_config_flags_are_one_paragraph_and_exit_nonzero(
     args, expected, tmp_path):
@@ -64,3 +69,36 @@ def test_print_config_lists_every_field_with_its_comment():
     assert name in fields, name
   commented = [line for line in lines if '  # ' in line]
   assert len(commented) > len(lines) // 2, done.stdout
+
+
+def test_shipped_configs_are_named_without_a_path_from_any_folder(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  names = cli.shipped_configs()
+  assert 'quickstart' in names and 'vit_b16_reduced' in names
+  assert 'common' not in names and '__init__' not in names
+  for name in names:  # Every name is a config file that loads.
+    path = cli.resolve_config(name)
+    assert os.path.isfile(path) and path.endswith(f'/{name}.py')
+  assert cli.resolve_config('vit_b16_finetune:cifar100') == (
+      os.path.join(cli.SHIPPED_CONFIGS_DIR, 'vit_b16_finetune.py') +
+      ':cifar100')
+  assert cli.load_config_file('vit_b16_finetune:cifar100').dataset == (
+      'cifar100')
+  # A file of that name where the command runs is the user's own config.
+  (tmp_path / 'quickstart.py').write_text('')
+  assert cli.resolve_config('quickstart.py') == 'quickstart.py'
+  # A path is never taken for a name.
+  assert cli.resolve_config('elsewhere/quickstart.py') == (
+      'elsewhere/quickstart.py')
+  with pytest.raises(errors.ConfigError, match='did you mean '
+                     '--config=resnet8_quickstart'):
+    cli.load_config_file('resnet8_quickstrat')
+
+
+def test_train_command_takes_a_config_name(tmp_path):
+  done = run_main('--config=vit_b16_finetune:cifar100', '--print_config',
+                  '--config.total_steps=77')
+  assert done.returncode == 0, done.stderr
+  assert "dataset = 'cifar100'" in done.stdout
+  assert 'total_steps = 77' in done.stdout

@@ -38,6 +38,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from vit_flax import errors
+from vit_flax.commands import cli
 from vit_flax.data import pipeline as pipeline_lib
 from vit_flax.models import presets
 from vit_flax.models import stats as stats_lib
@@ -478,5 +479,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.add_config_roots()  # --config=quickstart names a shipped config.
   define_flags()
   app.run(main)

@@ -7,13 +7,16 @@ process and each module defines its own, so one command per process keeps
 each `--help` to that command's flags (one `vit-flax` with subcommands
 would load every module's flags).
 
-Config files import their shared defaults as `from configs import common`,
-which Python finds when it runs from the repository root (as `python
-main.py` does). The commands run from any folder, so before the flags are
-parsed (which loads the config file) they put on `sys.path` the folder that
-holds the config file's package: for `/path/to/vit_flax/configs/x.py`, the
-folder `/path/to/vit_flax`. A config's imports thus resolve where the file
-lives, whatever the working directory.
+A config is a file, `--config=path/to/config.py[:argument]`, or the name of
+a config that ships with the package (`vit_flax/configs/`):
+`--config=quickstart`, `--config=vit_b16_finetune:cifar100`, from any
+folder. Config files import their shared defaults as `from vit_flax.configs
+import common` (older ones as `from configs import common`, which resolves
+in a checkout of the repository). The commands run from any folder, so
+before the flags are parsed (which loads the config file) they put on
+`sys.path` the folder that holds the config file's package: for
+`/path/to/repo/configs/x.py`, the folder `/path/to/repo`. A config's imports
+thus resolve where the file lives, whatever the working directory.
 """
 
 import difflib
@@ -32,6 +35,51 @@ import ml_collections
 from vit_flax import errors
 
 CONFIG_FLAGS = ('--config', '-config')
+# The configs that ship with the package, named without a path.
+SHIPPED_CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+# Modules of that folder that are not configs of a run.
+_NOT_CONFIGS = ('__init__', 'common')
+
+
+def shipped_configs() -> List[str]:
+  """Names of the configs in `vit_flax/configs/` (`--config=<name>`)."""
+  return sorted(name[:-3] for name in os.listdir(SHIPPED_CONFIGS_DIR)
+                if name.endswith('.py') and name[:-3] not in _NOT_CONFIGS)
+
+
+def shipped_config_path(spec: str) -> Optional[str]:
+  """`spec` (name[:argument]) as the path of a shipped config, or None when
+  it names none (a path with a folder is never a name)."""
+  name, colon, argument = spec.partition(':')
+  if name.endswith('.py'):
+    name = name[:-3]
+  if not name or os.sep in name or '/' in name or (
+      name not in shipped_configs()):
+    return None
+  return os.path.join(SHIPPED_CONFIGS_DIR, f'{name}.py') + colon + argument
+
+
+def resolve_config(spec: str) -> str:
+  """The `--config` value `spec` with a shipped config's name replaced by
+  its path; a file that exists (or any other value) stays as it is."""
+  path = spec.partition(':')[0]
+  if os.path.isfile(os.path.expanduser(path)):
+    return spec
+  return shipped_config_path(spec) or spec
+
+
+def unknown_config_message(path: str) -> str:
+  """What to say of a `--config` that is neither a file nor a name."""
+  names = shipped_configs()
+  close = difflib.get_close_matches(
+      os.path.basename(path).removesuffix('.py'), names, n=1)
+  hint = f'did you mean --config={close[0]}? ' if close else ''
+  return (f'The config {path} is neither a file nor the name of a shipped '
+          f'config; {hint}give the path of a config file (e.g. '
+          '--config=configs/quickstart.py in the repository) or the name of '
+          f'one that ships with vit_flax: {", ".join(names)} (e.g. '
+          '--config=quickstart or --config=vit_b16_finetune:cifar100).')
 
 
 def config_root(config_argument: str) -> str:
@@ -61,9 +109,26 @@ def config_arguments(argv: Sequence[str]) -> List[str]:
   return values
 
 
-def add_config_roots(argv: Optional[Sequence[str]] = None) -> None:
-  """Puts each `--config` file's `config_root` first on `sys.path`."""
-  for argument in config_arguments(sys.argv if argv is None else argv):
+def resolve_config_names(argv: List[str]) -> None:
+  """Replaces, in place, each `--config` value of `argv` that names a
+  shipped config (`quickstart`) by the path of its file."""
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.partition('=')
+    if name not in CONFIG_FLAGS:
+      continue
+    if equals:
+      argv[i] = f'{name}={resolve_config(value)}'
+    elif i + 1 < len(argv):
+      argv[i + 1] = resolve_config(argv[i + 1])
+
+
+def add_config_roots(argv: Optional[List[str]] = None) -> None:
+  """Resolves shipped config names in `argv` (default: `sys.argv`, in
+  place), then puts each `--config` file's `config_root` first on
+  `sys.path`."""
+  argv = sys.argv if argv is None else argv
+  resolve_config_names(argv)
+  for argument in config_arguments(argv):
     root = config_root(argument)
     sys.path[:] = [root] + [p for p in sys.path if p != root]
 
@@ -104,11 +169,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """The `get_config()` of a config file, `path[:argument]`, as `--config`
   loads it; its imports (`from configs import common`) resolve from the
   folder above its package."""
-  path, _, argument = spec.partition(':')
+  path, _, argument = resolve_config(spec).partition(':')
   if not os.path.isfile(path):
-    raise errors.ConfigError(
-        f'Config file {path} does not exist; give the path of the config the '
-        'teacher was trained with, e.g. configs/resnet8_quickstart.py.')
+    raise errors.ConfigError(unknown_config_message(path))
   root = config_root(path)
   if root not in sys.path:
     sys.path.insert(0, root)
@@ -176,9 +239,7 @@ def describe_flag_error(error: BaseException, argv: Sequence[str],
     files = [a.split('=', 1)[1].split(':')[0] for a in argv
              if a.startswith(('--config=', '-config='))]
     name = files[0] if files else getattr(missing, 'filename', '?')
-    return (f'The config file {name} does not exist; give the path of a '
-            'config file, e.g. --config=configs/quickstart.py (the files '
-            'are in the configs/ folder of the repository).')
+    return unknown_config_message(name)
   if config is not None and any(isinstance(e, (KeyError, AttributeError))
                                 for e in chain):
     described = _missing_override(argv, config)
