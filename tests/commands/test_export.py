@@ -4,6 +4,7 @@ nothing."""
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -464,3 +465,63 @@ def test_command_prints_the_loading_code_and_fails_clearly(tmp_path):
   assert again.stderr.strip().splitlines()[-1].startswith(
       f'Error: {out} exists')
   assert 'Traceback' not in again.stderr
+
+
+# Writes `out` with write_atomically, stopping for good at a point of the
+# write so that the test can kill -9 it there.
+KILLED_EXPORT_SCRIPT = """
+import sys, time
+sys.path[:0] = [%r]
+from etils import epath
+from vit_flax.commands import export
+out, where = epath.Path(%r), %r
+path_class = type(out)
+if where == 'writing':  # Half of the data written, then hang.
+  real_write = path_class.write_bytes
+  def hang(self, data):
+    real_write(self, data[:len(data) // 2])
+    print('ready', flush=True)
+    time.sleep(600)
+  path_class.write_bytes = hang
+else:  # --overwrite: the old output moved aside, the new not yet in place.
+  real_rename = path_class.rename
+  def hang(self, target):
+    if '.tmp-' in self.name:
+      print('ready', flush=True)
+      time.sleep(600)
+    return real_rename(self, target)
+  path_class.rename = hang
+files = ({None: b'new' * 100} if out.suffix else
+         {'model.safetensors': b'new' * 100, 'config.json': b'{}'})
+export.write_atomically(out, files, overwrite=True)
+"""
+
+
+# A file killed while written, a folder killed between the two renames.
+@pytest.mark.parametrize('name, where', [('model.safetensors', 'writing'),
+                                         ('hf', 'swapping')])
+def test_a_later_export_cleans_up_after_one_killed_midway(tmp_path, name,
+                                                          where):
+  out = tmp_path / name
+  previous = ({None: b'old'} if out.suffix else {'config.json': b'old'})
+  export.write_atomically(out, previous)
+  process = subprocess.Popen(
+      [sys.executable, '-c', KILLED_EXPORT_SCRIPT % (REPO, str(out), where)],
+      stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == 'ready'
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  left = [n for n in os.listdir(tmp_path) if n.startswith(f'.{name}.')]
+  assert left  # What the killed export left behind.
+  # A live export's files are not touched (the pid of this test is alive).
+  live = tmp_path / f'.{name}.tmp-{os.getpid()}-0123abcd'
+  live.write_bytes(b'in progress')
+  # The next export cleans up first: the previous output is whole again
+  # (--overwrite was killed between its two renames) or never left.
+  with pytest.raises(errors.UserError, match='exists'):
+    export.write_atomically(out, {None: b'newer'})
+  assert sorted(os.listdir(tmp_path)) == sorted([name, live.name])
+  if out.suffix:
+    assert out.read_bytes() == b'old'
+  else:
+    assert (out / 'config.json').read_bytes() == b'old'

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -302,13 +303,13 @@ def test_a_corrupt_best_checkpoint_is_set_aside(tmp_path, data, caplog):
 
 
 def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
-    tmp_path, data, monkeypatch):
+    tmp_path, data, monkeypatch, caplog):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
-  whole = loop.train_and_evaluate(small_config(data, total_steps=6),
+  whole = loop.train_and_evaluate(small_config(data, total_steps=12),
                                    str(tmp_path / 'whole'))
   workdir = str(tmp_path / 'run')
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
-  commits = []
+  commits, failed = [], threading.Event()
 
   def full_after_the_first(self, *args, **kwargs):
     final = self._final_path  # pylint: disable=protected-access
@@ -316,20 +317,46 @@ def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
     if final.parent.name == 'checkpoints' and final.name.isdigit():
       commits.append(final.name)
       if len(commits) > 1:
-        raise OSError(errno.ENOSPC, 'No space left on device')
+        try:
+          raise OSError(errno.ENOSPC, 'No space left on device')
+        finally:
+          failed.set()
     return finalize(self, *args, **kwargs)
+
+  make_train_step = step_lib.make_train_step
+  steps_run = []
+
+  def recording(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def step(state, batch):
+      steps_run.append(int(state.step) + 1)
+      if int(state.step) == 4:  # The save of step 4 is in flight: let it
+        failed.wait(60)  # fail before the next step, as a full disk would
+        time.sleep(0.5)  # on a slower run.
+      return step_fn(state, batch)
+
+    step._cache_size = step_fn._cache_size  # pylint: disable=protected-access
+    return step
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize',
                       full_after_the_first)
+  monkeypatch.setattr(step_lib, 'make_train_step', recording)
   with pytest.raises(errors.CheckpointError,
                      match=r'Saving the checkpoint of step 4 .* failed .*No '
                      r'space left on device.*the disk is full. The checkpoint '
                      r'of step 2 is intact'):
-    loop.train_and_evaluate(small_config(data, total_steps=6), workdir)
+    loop.train_and_evaluate(small_config(data, total_steps=12), workdir)
   monkeypatch.undo()
+  # The run stopped at the first step after the failure, not at the next
+  # save (step 6), and left no temporary folder behind.
+  assert max(steps_run) == 5, steps_run
   assert committed_steps(workdir) == [2]
-  state = loop.train_and_evaluate(small_config(data, total_steps=6), workdir)
-  assert int(state.step) == 6
+  assert not saving_now(workdir)
+  assert not glob.glob(os.path.join(workdir, 'checkpoints', 'best',
+                                    '*.orbax-checkpoint-tmp*'))
+  state = loop.train_and_evaluate(small_config(data, total_steps=12), workdir)
+  assert int(state.step) == 12
   assert_same_params(state.params, whole.params)
 
 

@@ -31,7 +31,9 @@ existing output is an error unless --overwrite is given.
 """
 
 import json
+import os
 import pprint
+import re
 import sys
 import textwrap
 from typing import Any, Dict, Mapping, Optional
@@ -108,11 +110,14 @@ def write_atomically(out, files: Mapping[Optional[str], bytes],
                      overwrite: bool = False) -> None:
   """Writes one file ({None: data}) or a folder of files, all or nothing."""
   out = epath.Path(out)
+  if out.parent.is_dir():
+    remove_killed_exports(out)
   if out.exists() and not overwrite:
     raise errors.UserError(
         f'{out} exists; choose another --out, or pass --overwrite to '
         'replace it.')
-  tag = uuid.uuid4().hex[:8]
+  # The pid tells a later export whether these are a live job's files.
+  tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
   tmp = out.parent / f'.{out.name}.tmp-{tag}'
   old = out.parent / f'.{out.name}.old-{tag}'
   try:
@@ -132,6 +137,37 @@ def write_atomically(out, files: Mapping[Optional[str], bytes],
         'Choose an --out whose folder you can write to.') from e
   finally:
     for path in (tmp, old):
+      _remove(path)
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True
+
+
+def remove_killed_exports(out: epath.Path) -> None:
+  """Removes what exports of `out` killed midway (kill -9) left behind: the
+  new output half-written (`.<name>.tmp-<pid>-<tag>`) and, if the kill came
+  between the two renames of `--overwrite`, puts the previous output
+  (`.<name>.old-<pid>-<tag>`) back in place. Files of live exports stay."""
+  pattern = re.compile(rf'\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+')
+  stale = []
+  for path in out.parent.glob(f'.{out.name}.*'):
+    match = pattern.fullmatch(path.name)
+    if match and not _process_alive(int(match.group(2))):
+      stale.append((match.group(1), path))
+  for kind, path in sorted(stale, key=lambda item: item[0] != 'old'):
+    if kind == 'old' and not out.exists():
+      path.rename(out)
+      logging.warning('Restored %s, which an export killed midway had moved '
+                      'aside.', out)
+    else:
+      logging.warning('Removing %s, left by an export killed midway.', path)
       _remove(path)
 
 

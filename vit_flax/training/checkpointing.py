@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint.path import atomicity
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from vit_flax import errors
@@ -255,6 +256,7 @@ class Checkpointer:
           **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
           config=ocp.args.JsonSave(_json_ready(config)),
           data=ocp.args.JsonSave(data)))
+    self._saving['latest'] = step
     logging.info('Saving checkpoint at step %d in %s.', step, self.directory)
 
   def save_if_best(self, step: int, params, config, accuracy: float,
@@ -273,13 +275,15 @@ class Checkpointer:
           meta=ocp.args.JsonSave({'step': step, 'eval_accuracy': accuracy,
                                   'ema': ema,
                                   'fingerprint': fingerprint(params)})))
+    self._saving['best'] = step
     logging.info('New best eval accuracy %.4f at step %d.', accuracy, step)
     return True
 
   @contextlib.contextmanager
   def _saving_errors(self, name: str, step: Optional[int]):
     """Turns a failed save (this one, or the one before still in flight)
-    into a CheckpointError saying what is kept and how to go on."""
+    into a CheckpointError saying what is kept and how to go on, after the
+    failed save's temporary folders are removed."""
     failed_step = self._saving.get(name)
     try:
       yield
@@ -287,6 +291,7 @@ class Checkpointer:
       manager = self.manager if name == 'latest' else self.best_manager
       if failed_step is None or failed_step == step:
         failed_step = step
+      self._remove_unfinished_saves()
       kept = [s for s in manager.all_steps() if s != failed_step]
       full = ('; the disk is full' if isinstance(e, OSError) and
               e.errno == errno.ENOSPC else '')
@@ -298,7 +303,30 @@ class Checkpointer:
              'newest: ' if kept else 'No earlier checkpoint was saved: ') +
           'free space (or fix the cause) and run the same command again to '
           'resume.') from e
-    self._saving[name] = step
+
+  def _remove_unfinished_saves(self) -> None:
+    """Waits out saves still in flight (their errors are the one being
+    reported), then deletes the temporary folders of those that failed:
+    orbax would remove them only when a later run opens the workdir."""
+    for manager in (self.manager, self.best_manager):
+      try:
+        manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    for directory in (self.directory, self.directory / 'best'):
+      for tmp in directory.glob(f'*{atomicity.TMP_DIR_SUFFIX}*'):
+        tmp.rmtree(missing_ok=True)
+
+  def check_saves(self) -> None:
+    """Raises the CheckpointError of a save that failed in the background
+    (a full disk), so that the run stops at once rather than at the next
+    save. Cheap: it waits only on saves that are already over (orbax
+    reports a failed commit only to `wait_until_finished`)."""
+    for name, manager in (('latest', self.manager),
+                          ('best', self.best_manager)):
+      if not manager.is_saving_in_progress():
+        with self._saving_errors(name, None):
+          manager.wait_until_finished()
 
   def restore(self, state, config: ml_collections.ConfigDict):
     """The newest good checkpoint into `state`'s structure and shardings.

@@ -23,11 +23,19 @@ def hide_gpus_from_tensorflow() -> None:
 
 
 class _OrbaxInfoFilter(std_logging.Filter):
-  """Drops orbax's INFO records (several per save); keeps its warnings."""
+  """Drops orbax's INFO records (several per save); keeps its warnings.
+
+  Its errors keep their message but lose their traceback: they come from
+  the background save threads, and the run reports the failed save itself,
+  once, as a CheckpointError (`checkpointing.Checkpointer`).
+  """
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or (
-        'orbax' not in record.pathname)
+    if 'orbax' not in record.pathname:
+      return True
+    if record.levelno >= std_logging.ERROR and record.exc_info:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def quiet_orbax_logs() -> None:

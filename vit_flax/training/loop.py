@@ -376,6 +376,10 @@ def train_loop(setup: Setup, state: step_lib.TrainState, start_step: int,
                                figure_hook)
         window.pause(time.time() - eval_start)  # Not train time.
 
+      if checkpointer and jax.process_count() == 1:
+        # A save that failed in the background stops the run now. (Several
+        # processes learn of it at their next save, which they all reach.)
+        checkpointer.check_saves()
       stop = preemption.should_stop(step)
       if save_due(setup, step, stop, last_save):
         window.check_finite(last_good_step())
