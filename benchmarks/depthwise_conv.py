@@ -78,8 +78,9 @@ def compile_step(config, variant: str):
   state = step_lib.create_train_state(model, tx, config, config.pp.crop, mesh)
   batch = benchmark.synthetic_batch(config, config.pp.crop, config.batch,
                                     NUM_CLASSES, mesh_lib.batch_sharding(mesh))
-  step = step_lib.make_train_step(model, tx, schedule, config, NUM_CLASSES,
-                               mesh, jax.tree.map(lambda x: x.sharding, state))
+  step = step_lib.make_train_step(model, tx, schedule, config,
+                                  NUM_CLASSES, mesh,
+                                  jax.tree.map(lambda x: x.sharding, state))
   with implementation(variant):
     compiled = step.lower(state, batch).compile()
   return compiled, state, batch

@@ -155,13 +155,13 @@ def evaluate_split(config: ml_collections.ConfigDict, params,
   config = copy.deepcopy(config)
   config.pp.test = split
   pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
-                                     jax.process_count())
+                                   jax.process_count())
   model = presets.create_model_for(config, pipeline.num_classes)
   mesh = mesh_lib.create_mesh()
   eval_step = step_lib.make_eval_step(model, pipeline.num_classes, mesh)
   params = jax.device_put(params, NamedSharding(mesh, P()))
   return loop.evaluate(eval_step, params, pipeline,
-                        mesh_lib.batch_sharding(mesh))
+                       mesh_lib.batch_sharding(mesh))
 
 
 def run_row(run: Run, train_examples: int) -> Dict[str, Any]:

@@ -133,11 +133,9 @@ def measure_variants(variants: Sequence[Variant], kinds: Sequence[str]
     if model not in by_model:
       by_model[model] = {}
       if 'params' in kinds:
-        by_model[model]['params'] = stats.config_params(config,
-                                                              num_classes)
+        by_model[model]['params'] = stats.config_params(config, num_classes)
       if 'flops' in kinds:
-        by_model[model]['flops'] = stats.config_flops(config,
-                                                            num_classes)
+        by_model[model]['flops'] = stats.config_flops(config, num_classes)
     measures[variant.key] = dict(
         by_model[model], train_examples=runs.num_train_examples(config))
   return measures

@@ -115,7 +115,7 @@ def train_losses(model_type, model_config, images, labels, num_classes,
   mesh = mesh_lib.create_mesh()
   state = step.create_train_state(model, tx, config, images.shape[1], mesh)
   train_step = step.make_train_step(model, tx, schedule, config, num_classes,
-                                     mesh)
+                                    mesh)
   losses = []
   for _ in range(steps):
     state, metrics = train_step(state, {'image': images, 'label': labels})
@@ -173,5 +173,3 @@ def write_inference_run(directory):
   return types.SimpleNamespace(
       dir=directory, config=config, model=model, params=params,
       images=[str(directory / name) for name in images])
-
-

@@ -225,8 +225,7 @@ def test_curriculum_sizes_must_fit_the_patches():
 
 def split_labels(config, split):
   """The labels of `split`, in order."""
-  source = datasets.get_source(config.dataset, None,
-                                     config.tfds_manual_dir)
+  source = datasets.get_source(config.dataset, None, config.tfds_manual_dir)
   dataset, _ = source.read(split, 0, 1, drop_remainder=False)
   return np.array([int(example['label'])
                    for example in dataset.as_numpy_iterator()])

@@ -42,7 +42,8 @@ def test_installed_package_imports_from_another_folder(venv):
   bin_dir, elsewhere = venv
   done = subprocess.run(
       [str(bin_dir / 'python'), '-c',
-       'import vit_flax, vit_flax.weights.pytorch_read; print(vit_flax.__file__)'],
+       'import vit_flax, vit_flax.weights.pytorch_read; '
+       'print(vit_flax.__file__)'],
       capture_output=True, text=True, cwd=elsewhere, check=True)
   path = done.stdout.strip()
   assert 'site-packages' in path and not path.startswith(REPO)

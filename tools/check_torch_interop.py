@@ -197,8 +197,8 @@ def part_b():
   config = tiny_config('gap', 'exact')
   try:
     pretrained_lib.load_pretrained(pretrained_path=path,
-                               init_params=init_params(config.model),
-                               model_config=config.model)
+                                   init_params=init_params(config.model),
+                                   model_config=config.model)
     print('BAD fc_norm loaded')
   except errors.CheckpointError as e:
     print(f'OK  fc_norm refused: {str(e)[:160]}...')

@@ -46,8 +46,8 @@ def run_config(classifier='token', gelu='tanh', **overrides):
 
 
 def random_params(config, num_classes=5, seed=0):
-  model = presets.create_model(config.get('model_type', 'vit'),
-                                     config.model, num_classes)
+  model = presets.create_model(config.get('model_type', 'vit'), config.model,
+                               num_classes)
   params = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(seed), jnp.ones((1, 16, 16, 3)))['params']
   rng = np.random.RandomState(seed + 1)
@@ -384,8 +384,7 @@ def test_refusal_is_one_sentence_and_names_who_reads_the_npz():
 def test_staged_and_hybrid_models_are_errors_naming_the_feature():
   staged = common.get_config()
   staged.model_type = 'staged'
-  staged.model = presets.staged_config('s', 4, [(1, 8, 2, 16),
-                                                      (1, 16, 2, 32)])
+  staged.model = presets.staged_config('s', 4, [(1, 8, 2, 16), (1, 16, 2, 32)])
   params = random_params(staged)
   for fmt in ('safetensors', 'hf'):
     with pytest.raises(errors.UserError,

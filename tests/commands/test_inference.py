@@ -43,19 +43,19 @@ def test_class_names_fall_back_to_indices_with_a_note(run):
 def test_checkpoint_and_flag_errors_are_clear(run, tmp_path):
   with pytest.raises(npz.CheckpointNotFoundError, match='not.npz'):
     inference.load_inference_model(which=str(tmp_path / 'not.npz'),
-                                 config=run.config)
+                                   config=run.config)
   with pytest.raises(errors.UserError, match='--workdir'):
     inference.load_inference_model(which='best', config=run.config)
   with pytest.raises(errors.UserError, match='exactly one of --config'):
     inference.load_inference_model(which=str(run.dir / 'model.npz'))
   with pytest.raises(errors.UserError, match='not --workdir'):
     inference.load_inference_model(workdir=str(tmp_path),
-                                 which=str(run.dir / 'model.npz'))
+                                   which=str(run.dir / 'model.npz'))
   other = inference_run_config()
   other.model.transformer.mlp_dim = 8
   with pytest.raises(errors.CheckpointError, match='MlpBlock_3'):
     inference.load_inference_model(which=str(run.dir / 'model.npz'),
-                                 config=other)
+                                   config=other)
 
 
 def test_a_preset_takes_the_image_size_of_its_position_embeddings(tmp_path):

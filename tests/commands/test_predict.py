@@ -34,7 +34,7 @@ def run(tmp_path_factory):
 
 def load(run):
   return inference.load_inference_model(which=str(run.dir / 'model.npz'),
-                                      config=run.config)
+                                        config=run.config)
 
 
 def eval_tensors(paths, size):

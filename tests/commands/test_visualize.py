@@ -111,8 +111,9 @@ def test_rollout_mixes_heads_adds_the_residual_and_multiplies_layers():
 
 def test_rollout_across_token_counts_is_a_clear_error():
   with pytest.raises(analysis.VisualizationError, match=r'\[17, 5\]'):
-    analysis.attention_rollout([random_attention((2, 17, 17)),
-                                 random_attention((2, 5, 5))])
+    analysis.attention_rollout(
+        [random_attention((2, 17, 17)),
+         random_attention((2, 5, 5))])
 
 
 def test_no_attention_is_a_clear_error():
@@ -187,8 +188,7 @@ def test_patch_filter_pcs_keeps_the_leading_components():
 
 def test_posemb_similarity():
   posemb = np.random.RandomState(0).randn(1, 1 + 3 * 4, 8)
-  similarity = analysis.posemb_similarity(posemb, (3, 4),
-                                           has_class_token=True)
+  similarity = analysis.posemb_similarity(posemb, (3, 4), has_class_token=True)
   assert similarity.shape == (3, 4, 3, 4)
   flat = similarity.reshape(12, 12)
   np.testing.assert_allclose(np.diag(flat), 1.0)
@@ -208,10 +208,10 @@ def test_figure_functions_return_rgb_images(classifier):
   assert prefix == (1 if classifier == 'token' else 0)
   one = [a[0] for a in probe.attentions]
   distances = analysis.mean_attention_distance(probe.attentions, (4, 4), 4,
-                                                prefix)
+                                               prefix)
   assert all(d.shape == (2,) and np.all(np.isfinite(d)) for d in distances)
-  relevance = analysis.patch_relevance(analysis.attention_rollout(one),
-                                        (4, 4), prefix)
+  relevance = analysis.patch_relevance(analysis.attention_rollout(one), (4, 4),
+                                       prefix)
   assert relevance.shape == (4, 4) and np.all(np.isfinite(relevance))
   for figure in [
       drawing.attention_maps_figure(images[0], one, (4, 4), prefix),
@@ -222,7 +222,7 @@ def test_figure_functions_return_rgb_images(classifier):
           classifier == 'token'),
       drawing.attention_distance_figure(distances),
       drawing.embedding_activations_figure(images[0],
-                                             probe.patch_embeddings[0]),
+                                           probe.patch_embeddings[0]),
   ]:
     assert_rgb_figure(figure)
 
@@ -252,8 +252,8 @@ def test_model_without_attention_gets_the_figures_it_has():
   assert set(figures) == {'patch_filters', 'embedding_activations'}
   probe = probe_lib.probe(model, params, random_images(1))
   with pytest.raises(analysis.VisualizationError, match='no self-attention'):
-    drawing.attention_maps_figure(random_images(1)[0], probe.attentions,
-                                    (4, 4), 0)
+    drawing.attention_maps_figure(
+        random_images(1)[0], probe.attentions, (4, 4), 0)
 
 
 def test_filters_of_a_hybrid_are_not_shown_as_rgb():
@@ -324,8 +324,8 @@ def test_distilled_model_reads_the_class_token_behind_two_prefix_tokens():
   np.testing.assert_allclose(
       analysis.head_maps(one[0], (4, 4), 2),
       np.asarray(one[0])[:, 0, 2:].reshape(2, 4, 4))
-  relevance = analysis.patch_relevance(analysis.attention_rollout(one),
-                                        (4, 4), 2)
+  relevance = analysis.patch_relevance(analysis.attention_rollout(one), (4, 4),
+                                       2)
   assert relevance.shape == (4, 4)
   posemb = params['Transformer']['posembed_input']['pos_embedding']
   similarity = analysis.posemb_similarity(posemb, None, 2)

@@ -190,8 +190,8 @@ def test_augmentations_keep_shape_and_range():
 
 def test_flip_mirrors_or_keeps_the_image():
   image = np.random.RandomState(1).randint(0, 256, (8, 8, 1)).astype(np.uint8)
-  plain = pipeline_lib.preprocess_train(image, tf.constant([0, 0], tf.int64),
-                                          8, 'none').numpy()
+  plain = pipeline_lib.preprocess_train(image, tf.constant([0, 0], tf.int64), 8,
+                                        'none').numpy()
   outs = [pipeline_lib.preprocess_train(
       image, tf.constant([i, 0], tf.int64), 8, 'flip').numpy()
           for i in range(16)]
@@ -320,8 +320,7 @@ def test_fashion_mnist_from_a_manual_dir(tmp_path):
     n = 6 if split == 'train' else 4
     write_idx(tmp_path / images, np.full((n, 28, 28), 7))
     write_idx(tmp_path / labels, np.arange(n) % 10)
-  source = datasets.get_source('fashion_mnist',
-                                     manual_dir=str(tmp_path))
+  source = datasets.get_source('fashion_mnist', manual_dir=str(tmp_path))
   assert source.num_examples('train') == 6
   assert source.num_examples('test') == 4
   assert source.num_examples('train[:50%]') == 3

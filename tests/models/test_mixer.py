@@ -26,9 +26,8 @@ from helpers import train_losses
 def tiny_mixer_config(num_blocks=1, patch=4, hidden_dim=12, tokens_mlp_dim=8,
                       channels_mlp_dim=24, **overrides):
   """16 tokens at 16 px; every dimension differs, so shapes tell them apart."""
-  config = presets.mixer_config('tiny-mixer', patch, hidden_dim,
-                                      num_blocks, tokens_mlp_dim,
-                                      channels_mlp_dim)
+  config = presets.mixer_config('tiny-mixer', patch, hidden_dim, num_blocks,
+                                tokens_mlp_dim, channels_mlp_dim)
   config.update(overrides)
   return config
 
@@ -214,8 +213,8 @@ def test_load_pretrained_at_another_resolution_fails(tmp_path):
   with pytest.raises(errors.CheckpointError,
                      match='token_mixing/Dense_0/kernel'):
     pretrained_lib.load_pretrained(pretrained_path=tmp_path / 'pre.npz',
-                               init_params=fresh,
-                               model_config=tiny_mixer_config())
+                                   init_params=fresh,
+                                   model_config=tiny_mixer_config())
 
 
 def test_params_at_another_resolution_are_a_clear_error():

@@ -24,9 +24,11 @@ from helpers import train_losses
 def tiny_resnet_config(num_layers=(1, 1), bottleneck=False, stem='cifar',
                        **overrides):
   """Widths 32 and 64: the least GroupNorm's 32 groups allow."""
-  config = presets.resnet_config('tiny-resnet', num_layers,
-                                       bottleneck=bottleneck, width_factor=0.5,
-                                       stem=stem)
+  config = presets.resnet_config('tiny-resnet',
+                                 num_layers,
+                                 bottleneck=bottleneck,
+                                 width_factor=0.5,
+                                 stem=stem)
   config.update(overrides)
   return config
 
@@ -276,9 +278,11 @@ def test_trains_end_to_end_on_mock_cifar10(tmp_path):
 
 
 def test_fewer_norm_groups_allow_narrow_cnns():
-  config = presets.resnet_config('narrow', (1, 1, 1), bottleneck=False,
-                                       width_factor=0.25, stem='cifar',
-                                       norm_groups=8)
+  config = presets.resnet_config('narrow', (1, 1, 1),
+                                 bottleneck=False,
+                                 width_factor=0.25,
+                                 stem='cifar',
+                                 norm_groups=8)
   model = presets.create_model('resnet', config, 10)
   params = presets.abstract_params(model, 28)
   assert params['conv_root']['kernel'].shape == (3, 3, 3, 16)

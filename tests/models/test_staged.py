@@ -28,7 +28,7 @@ TINY_STAGES = ((1, 8, 2, 16), (2, 16, 2, 32))
 def tiny_config(transition='pool', classifier='token', stages=TINY_STAGES,
                 **overrides):
   config = presets.staged_config('tiny_staged', 4, stages, transition,
-                                       classifier)
+                                 classifier)
   config.update(overrides)
   return config
 
@@ -207,7 +207,7 @@ def test_a_few_train_steps_lower_the_loss():
 def test_attention_weights_of_every_block_in_order():
   model, params = init(tiny_config('pool'))
   blocks = staged_attention.attention_weights(model, params,
-                                           random_images(batch=1))
+                                              random_images(batch=1))
   assert [(b.stage, b.block) for b in blocks] == [(0, 0), (1, 0), (1, 1)]
   assert [b.num_tokens for b in blocks] == [17, 5, 5]
   assert [b.grid_shape for b in blocks] == [(4, 4), (2, 2), (2, 2)]
@@ -220,14 +220,14 @@ def test_attention_weights_of_every_block_in_order():
 def test_rollout_needs_one_token_count():
   model, params = init(tiny_config('pool'))
   blocks = staged_attention.attention_weights(model, params,
-                                           random_images(batch=1))
+                                              random_images(batch=1))
   with pytest.raises(errors.UserError, match=r'\[17, 5, 5\]'):
     staged_attention.blocks_for_rollout(blocks)
   last = staged_attention.blocks_for_rollout(blocks, last_stage_only=True)
   assert [(b.stage, b.block) for b in last] == [(1, 0), (1, 1)]
   model, params = init(tiny_config('linear'))
   blocks = staged_attention.attention_weights(model, params,
-                                           random_images(batch=1))
+                                              random_images(batch=1))
   assert len(staged_attention.blocks_for_rollout(blocks)) == 3
 
 
@@ -305,7 +305,7 @@ def test_stochastic_depth_rises_over_all_blocks_of_all_stages():
                    'Transformer/stage_1/encoderblock_1': 0.2}
   # Evaluation never drops: it equals the model without stochastic depth.
   plain = staged_lib.StagedVisionTransformer(num_classes=5,
-                                                **tiny_config('pool'))
+                                             **tiny_config('pool'))
   np.testing.assert_array_equal(forward(model, params, images),
                                 forward(plain, params, images))
   assert trained.shape == (2, 5)

@@ -349,8 +349,10 @@ def test_locality_mixes_only_neighbouring_patches(locality):
 
 @pytest.mark.parametrize('locality', [False, True])
 def test_gelu_flavour_is_used_by_every_mlp_activation(locality):
-  mlp = mlp_lib.MlpBlock(mlp_dim=8, dropout_rate=0.0, locality=locality,
-                        gelu='exact')
+  mlp = mlp_lib.MlpBlock(mlp_dim=8,
+                         dropout_rate=0.0,
+                         locality=locality,
+                         gelu='exact')
   tokens = 3 * jax.random.normal(jax.random.key(0), (2, 1 + 4, 4))
   params = mlp.init(jax.random.key(1), tokens, deterministic=True,
                     grid_shape=(2, 2))['params']
@@ -682,9 +684,11 @@ def test_drop_path_zeroes_whole_examples_at_the_rate():
 
 def test_each_branch_of_each_example_drops_independently():
   rate, batch = 0.4, 600
-  block = vit.Encoder1DBlock(mlp_dim=16, num_heads=2, dropout_rate=0.0,
-                                attention_dropout_rate=0.0,
-                                drop_path_rate=rate)
+  block = vit.Encoder1DBlock(mlp_dim=16,
+                             num_heads=2,
+                             dropout_rate=0.0,
+                             attention_dropout_rate=0.0,
+                             drop_path_rate=rate)
   # Every example holds the same tokens: they differ only by what drops.
   tokens = jnp.broadcast_to(
       jax.random.normal(jax.random.key(0), (1, 5, 8)), (batch, 5, 8))
@@ -799,8 +803,12 @@ def test_shifted_patch_tokenization_needs_two_pixel_patches():
 
 
 def lsa_reference(q, k, v, temperature, **options):
-  return attention_lib.locality_attention(q, k, v, temperature=temperature,
-                                   implementation='flax', **options)
+  return attention_lib.locality_attention(q,
+                                          k,
+                                          v,
+                                          temperature=temperature,
+                                          implementation='flax',
+                                          **options)
 
 
 @pytest.mark.parametrize('implementation,dropout_rate', [

@@ -136,8 +136,7 @@ def test_kill_9_at_random_points_resumes_exactly(tmp_path, data, reference):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_that_step_and_exits_zero(tmp_path, data,
-                                                  reference):
+def test_sigterm_saves_at_that_step_and_exits_zero(tmp_path, data, reference):
   workdir = str(tmp_path / 'run')
   rng = random.Random(1)
   stops = 0
@@ -219,8 +218,7 @@ def test_changed_total_steps_is_honoured(tmp_path, data, caplog):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)
   with caplog.at_level('WARNING'):
-    state = loop.train_and_evaluate(small_config(data, total_steps=6),
-                                     workdir)
+    state = loop.train_and_evaluate(small_config(data, total_steps=6), workdir)
   assert int(state.step) == 6
   assert committed_steps(workdir)[-1] == 6
   assert any('config.total_steps changed from 4 to 6' in r.getMessage()
@@ -256,13 +254,12 @@ def assert_same_params(a, b):
 def test_a_corrupt_checkpoint_is_set_aside_and_the_run_resumes(
     tmp_path, data, caplog, damage):
   whole = loop.train_and_evaluate(small_config(data, total_steps=6),
-                                   str(tmp_path / 'whole'))
+                                  str(tmp_path / 'whole'))
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(small_config(data), workdir)  # Checkpoints 2, 4.
   damage(os.path.join(workdir, 'checkpoints', '4'))
   with caplog.at_level('INFO'):
-    state = loop.train_and_evaluate(small_config(data, total_steps=6),
-                                     workdir)
+    state = loop.train_and_evaluate(small_config(data, total_steps=6), workdir)
   assert int(state.step) == 6
   warnings = [r.getMessage() for r in caplog.records
               if 'is corrupt' in r.getMessage()]
@@ -294,7 +291,7 @@ def test_a_corrupt_best_checkpoint_is_set_aside(tmp_path, data, caplog):
   truncate_arrays(os.path.join(best, step))
   with caplog.at_level('WARNING'):
     loop.train_and_evaluate(small_config(data, total_steps=6, eval_every=2),
-                             workdir)
+                            workdir)
   assert os.path.isdir(os.path.join(best, f'corrupt-{step}'))
   assert any('is corrupt' in r.getMessage() and 'best' in r.getMessage()
              for r in caplog.records)
@@ -306,7 +303,7 @@ def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
     tmp_path, data, monkeypatch, caplog):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
   whole = loop.train_and_evaluate(small_config(data, total_steps=12),
-                                   str(tmp_path / 'whole'))
+                                  str(tmp_path / 'whole'))
   workdir = str(tmp_path / 'run')
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
   commits, failed = [], threading.Event()
@@ -382,8 +379,8 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(
                      match=r'Training diverged at step 5: loss nan.*the '
                      r'checkpoint of step 4 is kept as the newest.*lower '
                      r'learning rate'):
-    loop.train_and_evaluate(small_config(data, total_steps=8,
-                                          eval_every=2), workdir)
+    loop.train_and_evaluate(small_config(data, total_steps=8, eval_every=2),
+                            workdir)
   assert committed_steps(workdir) == [2, 4]
   best = os.listdir(os.path.join(workdir, 'checkpoints', 'best'))
   assert all(int(n) <= 4 for n in best if n.isdigit())
@@ -481,7 +478,7 @@ def test_ema_cannot_be_turned_on_when_resuming(tmp_path, data):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)
   with pytest.raises(errors.CheckpointError, match='config.ema_decay is 0.9'):
-    loop.train_and_evaluate(small_config(data, total_steps=6,
-                                          ema_decay=0.9), workdir)
+    loop.train_and_evaluate(small_config(data, total_steps=6, ema_decay=0.9),
+                            workdir)
   with pytest.raises(errors.CheckpointError, match='holds no EMA'):
     checkpointing.restore_for_inference(workdir, 'latest', ema=True)

@@ -120,7 +120,7 @@ def test_the_student_learns_and_the_teacher_stays_frozen(data, teacher,
                                                          tmp_path):
   loaded = distill.load_teacher(student_config(data, teacher), 10, 28)
   state = loop.train_and_evaluate(student_config(data, teacher),
-                                   str(tmp_path / 'run'))
+                                  str(tmp_path / 'run'))
   for a, b in zip(jax.tree.leaves(state.teacher_params),
                   jax.tree.leaves(loaded.params)):
     np.testing.assert_array_equal(a, b)

@@ -108,7 +108,8 @@ def test_load_pretrained_keeps_or_drops_pre_logits(tmp_path):
 
   _, init_keep = init(config, num_classes=3)
   kept = pretrained_lib.load_pretrained(pretrained_path=tmp_path / 'pre.npz',
-                                    init_params=init_keep, model_config=config)
+                                        init_params=init_keep,
+                                        model_config=config)
   np.testing.assert_array_equal(kept['pre_logits']['kernel'],
                                 pretrained['pre_logits']['kernel'])
 
@@ -186,7 +187,8 @@ def test_checkpoint_of_another_depth_names_the_keys(tmp_path):
                      match=r'extra in the checkpoint \(Transformer/'
                      r'encoderblock_2/'):
     pretrained_lib.load_pretrained(pretrained_path=tmp_path / 'deep.npz',
-                               init_params=init_params, model_config=config)
+                                   init_params=init_params,
+                                   model_config=config)
 
 
 def test_checkpoint_with_missing_keys_names_them(tmp_path):
@@ -197,7 +199,8 @@ def test_checkpoint_with_missing_keys_names_them(tmp_path):
   with pytest.raises(errors.CheckpointError,
                      match='missing from the checkpoint.*encoderblock_1'):
     pretrained_lib.load_pretrained(pretrained_path=tmp_path / 'shallow.npz',
-                               init_params=init_params, model_config=config)
+                                   init_params=init_params,
+                                   model_config=config)
 
 
 def test_checkpoint_of_another_width_names_the_shapes(tmp_path):
@@ -209,7 +212,8 @@ def test_checkpoint_of_another_width_names_the_shapes(tmp_path):
                      match=r'encoder_norm/bias: checkpoint \(32,\) vs model '
                      r'\(16,\)'):
     pretrained_lib.load_pretrained(pretrained_path=tmp_path / 'wide.npz',
-                               init_params=init_params, model_config=config)
+                                   init_params=init_params,
+                                   model_config=config)
 
 
 def test_non_square_grid_is_a_clear_error():

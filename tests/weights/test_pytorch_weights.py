@@ -64,8 +64,9 @@ def load_pretrained(path, config, keep_head=True, image_size=16,
   init_params = random_params(config.classifier, config.gelu, image_size,
                               num_classes, seed=7)
   return pretrained_lib.load_pretrained(pretrained_path=path,
-                                    init_params=init_params,
-                                    model_config=config, keep_head=keep_head)
+                                        init_params=init_params,
+                                        model_config=config,
+                                        keep_head=keep_head)
 
 
 def assert_same_params(got, want):
@@ -313,8 +314,10 @@ def test_distilled_checkpoint_into_a_model_without_the_token(tmp_path):
 
 def test_posembed_resize_keeps_both_deit_tokens():
   posemb = np.arange(2 + 4, dtype=np.float32).reshape(1, 6, 1)  # cls, dist
-  out = pretrained_lib.interpolate_posembed(posemb, 2 + 9, True,
-                                        num_prefix_tokens=2)
+  out = pretrained_lib.interpolate_posembed(posemb,
+                                            2 + 9,
+                                            True,
+                                            num_prefix_tokens=2)
   np.testing.assert_array_equal(out[0, :2, 0], [0, 1])
   np.testing.assert_allclose(out[0, 2:, 0].reshape(3, 3),
                              [[2, 2.5, 3], [3, 3.5, 4], [4, 4.5, 5]])
@@ -348,8 +351,9 @@ def test_timm_mismatch_names_both_values(tmp_path, overrides, message):
   path = write_timm(tmp_path)
   config = config_for(**overrides)
   with pytest.raises(errors.CheckpointError, match=message):
-    pretrained_lib.load_pretrained(pretrained_path=path, init_params={},
-                               model_config=config)
+    pretrained_lib.load_pretrained(pretrained_path=path,
+                                   init_params={},
+                                   model_config=config)
 
 
 def test_heads_mismatch_with_hf_config_names_both_values(tmp_path):
@@ -471,7 +475,7 @@ def test_export_names_what_the_format_cannot_express():
 
 def test_timm_model_args_of_a_gap_model():
   args = pytorch_write.timm_model_args(random_params('gap', 'tanh'),
-                                         config_for('gap', 'tanh'))
+                                       config_for('gap', 'tanh'))
   assert args == {
       'img_size': 16, 'patch_size': 4, 'in_chans': 3, 'num_classes': 5,
       'embed_dim': 16, 'depth': 2, 'num_heads': 2, 'mlp_ratio': 2.0,

@@ -205,7 +205,7 @@ def measure_steps(config, num_classes: int, steps: int, rounds: int,
                               size, mesh)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   train_step = step.make_train_step(model, tx, schedule, config, num_classes,
-                                     mesh, shardings)
+                                    mesh, shardings)
   batch = synthetic_batch(config, size, config.batch, num_classes,
                           data_sharding)
 
@@ -275,7 +275,7 @@ def measure_pipeline(config, batches: int,
                      rounds: int) -> Tuple[float, int]:
   """(images/s of this process's training input, number of classes)."""
   pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
-                                     jax.process_count())
+                                   jax.process_count())
   iterator = pipeline.train_batches()
   for _ in range(2):  # Start-up: threads, shuffle buffer.
     next(iterator)

@@ -244,11 +244,13 @@ def build_vit_flax(row: Row, batch: Batch, options: Dict[str, str],
       TOTAL_STEPS, BASE_LR, 'cosine', WARMUP_STEPS)
   tx = optim.create_optimizer(config, schedule)
   state = step_lib.create_train_state(model, tx, config, row.image_size, mesh)
-  step = step_lib.make_train_step(model, tx, schedule, config, row.classes,
-                               mesh, jax.tree.map(lambda x: x.sharding,
-                                                  state))
-  data = mesh_lib.to_global({'image': batch.images, 'label': batch.labels},
-                         mesh_lib.batch_sharding(mesh))
+  step = step_lib.make_train_step(model, tx, schedule, config,
+                                  row.classes, mesh,
+                                  jax.tree.map(lambda x: x.sharding, state))
+  data = mesh_lib.to_global({
+      'image': batch.images,
+      'label': batch.labels
+  }, mesh_lib.batch_sharding(mesh))
   compiler_options = _compiler_options(options)
   try:
     compiled = step.lower(state, data).compile(compiler_options or None)

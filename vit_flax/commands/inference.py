@@ -147,8 +147,8 @@ def build_inference_model(config: ml_collections.ConfigDict, params, *,
         'The config has no model (config.model); give a config file of the '
         'run (--config) or a preset (--model=ViT-B_16).')
   num_classes = num_classes_of(params)
-  model = presets.create_model(config.get('model_type', 'vit'),
-                                     model_config, num_classes)
+  model = presets.create_model(config.get('model_type', 'vit'), model_config,
+                               num_classes)
   pp = config.get('pp')
   native = native_image_size(model_config, params)
   image_size = (image_size or (pp.get('crop') if pp is not None else None) or
@@ -195,8 +195,9 @@ def load_inference_model(*, workdir: Optional[str] = None,
           'A run checkpoint (--workdir) carries its own config; --config and '
           '--model are for .npz checkpoints.')
     host.quiet_orbax_logs()
-    config, params = checkpointing.restore_for_inference(workdir, which,
-                                                             ema=ema)
+    config, params = checkpointing.restore_for_inference(workdir,
+                                                         which,
+                                                         ema=ema)
     source = f'The {which} checkpoint of {workdir}'
   else:
     if workdir:
@@ -212,9 +213,9 @@ def load_inference_model(*, workdir: Optional[str] = None,
           f'{", ".join(sorted(presets.MODEL_CONFIGS))}).')
     if model_name:
       config = ml_collections.ConfigDict({
-          'model_type': presets.PRESET_MODEL_TYPES.get(model_name,
-                                                             'vit'),
-          'model': presets.get_model_config(model_name)})
+          'model_type': presets.PRESET_MODEL_TYPES.get(model_name, 'vit'),
+          'model': presets.get_model_config(model_name)
+      })
     params = npz.load(which)
     source = f'Checkpoint {which}'
   return build_inference_model(config, params, image_size=image_size,
@@ -289,8 +290,8 @@ def first_eval_image(config, image_size: int,
   except (errors.UserError, StopIteration) as e:
     logging.info('No eval image of %s: %s', config.dataset, e)
     return None
-  image = pipeline.preprocess_eval(source.decode(example['image']),
-                                         image_size, crop_fraction)
+  image = pipeline.preprocess_eval(source.decode(example['image']), image_size,
+                                   crop_fraction)
   return np.asarray(image)
 
 

@@ -86,14 +86,14 @@ def main(argv):
   out = epath.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   classifier = loaded.config.model.get('classifier', 'token')
-  builders = probe_lib.param_figures(loaded.params, classifier,
-                           loaded.config.model.get('posemb', 'learned'))
+  builders = probe_lib.param_figures(
+      loaded.params, classifier, loaded.config.model.get('posemb', 'learned'))
   if names:
     probe_result = probe_batches(loaded.model, loaded.params, images,
                                  FLAGS.batch_size)
     for i, name in enumerate(names):
       for figure, build in probe_lib.image_figures(images[i], probe_result, i,
-                                         classifier).items():
+                                                   classifier).items():
         builders[f'{name}_{figure}'] = build
     builders['attention_distance'] = lambda: probe_lib.attention_distance_for(
         probe_result, images.shape[1:3], classifier)

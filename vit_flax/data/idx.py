@@ -56,5 +56,7 @@ def fashion_mnist_from_idx(directory: str) -> sources.ArraySource:
   for split, (images, labels) in FASHION_MNIST_FILES.items():
     arrays[split] = (read_idx(os.path.join(directory, images))[..., None],
                      read_idx(os.path.join(directory, labels)))
-  return sources.ArraySource('fashion_mnist', arrays, FASHION_MNIST_CLASSES,
-                     image_shape=(28, 28, 1))
+  return sources.ArraySource('fashion_mnist',
+                             arrays,
+                             FASHION_MNIST_CLASSES,
+                             image_shape=(28, 28, 1))

@@ -52,7 +52,7 @@ class Source:
 
 
 def even_part(num: int, index: int, count: int,
-               drop_remainder: bool) -> Tuple[int, int]:
+              drop_remainder: bool) -> Tuple[int, int]:
   """[start, end) of part `index` of `count` near-equal parts of `num`."""
   if drop_remainder:
     size = num // count
@@ -100,7 +100,7 @@ class ArraySource(Source):
   def _part(self, split, process_index, process_count, drop_remainder):
     images, labels = self._select(split)
     start, end = even_part(len(labels), process_index, process_count,
-                            drop_remainder)
+                           drop_remainder)
     return images[start:end], labels[start:end].astype(np.int64)
 
   def read_arrays(self, split, process_index, process_count, drop_remainder):
@@ -162,7 +162,7 @@ class ImageFolderSource(Source):
   def read(self, split, process_index, process_count, drop_remainder):
     paths, labels = self._files(split)
     start, end = even_part(len(labels), process_index, process_count,
-                            drop_remainder)
+                           drop_remainder)
     ds = tf.data.Dataset.from_tensor_slices({
         'image': paths[start:end].astype(str), 'label': labels[start:end]})
     return ds, end - start

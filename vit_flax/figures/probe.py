@@ -153,7 +153,7 @@ def param_figures(params, classifier: str,
           'The model has no `pos_embedding` parameter (no learned position '
           'embeddings), so there is no position similarity to show.')
     return drawing.posemb_similarity_figure(table, None,
-                                    vit.num_prefix_tokens(classifier))
+                                            vit.num_prefix_tokens(classifier))
 
   return {'patch_filters': filters, 'posemb_similarity': positions}
 

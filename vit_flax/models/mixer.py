@@ -22,9 +22,12 @@ def mixer_mlp(mlp_dim: int, dtype, name: str) -> mlp.MlpBlock:
   The ViT block with the defaults of the official Mixer: LeCun-normal
   kernels, zero biases and no dropout.
   """
-  return mlp.MlpBlock(mlp_dim=mlp_dim, dtype=dtype, dropout_rate=0.0,
-                         kernel_init=nn.initializers.lecun_normal(),
-                         bias_init=nn.initializers.zeros, name=name)
+  return mlp.MlpBlock(mlp_dim=mlp_dim,
+                      dtype=dtype,
+                      dropout_rate=0.0,
+                      kernel_init=nn.initializers.lecun_normal(),
+                      bias_init=nn.initializers.zeros,
+                      name=name)
 
 
 class MixerBlock(nn.Module):

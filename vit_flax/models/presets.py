@@ -177,7 +177,7 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   """An unlocked copy of a preset, with a clear error for unknown names."""
   if name not in MODEL_CONFIGS:
     raise errors.ConfigError(f'Unknown model {name!r}; known models: '
-                     f'{", ".join(sorted(MODEL_CONFIGS))}.')
+                             f'{", ".join(sorted(MODEL_CONFIGS))}.')
   return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
 
 

@@ -118,8 +118,10 @@ class PoolTransition(nn.Module):
   @nn.compact
   def __call__(self, x, grid_shape: GridShape):
     prefix, grid = posemb_lib.split_prefix(x, grid_shape)
-    grid = depthwise_conv.DepthwiseConv(self.hidden_size, strides=2,
-                                dtype=self.dtype, name='pool_conv')(grid)
+    grid = depthwise_conv.DepthwiseConv(self.hidden_size,
+                                        strides=2,
+                                        dtype=self.dtype,
+                                        name='pool_conv')(grid)
     grid = grid.reshape(x.shape[0], -1, self.hidden_size)
     if not prefix.shape[1]:
       return grid
@@ -289,10 +291,12 @@ class StagedVisionTransformer(nn.Module):
     self.check_config()
     vit.check_distill_outputs(self.classifier, distill_outputs)
     dtype = jnp.dtype(self.dtype)
-    x = patch_embed.embed_patches(inputs.astype(dtype), self.patches['size'],
-                             self.stages[0]['hidden_size'], dtype,
-                             image_shape=inputs.shape[1:3],
-                             patch_embedding=self.patch_embedding)
+    x = patch_embed.embed_patches(inputs.astype(dtype),
+                                  self.patches['size'],
+                                  self.stages[0]['hidden_size'],
+                                  dtype,
+                                  image_shape=inputs.shape[1:3],
+                                  patch_embedding=self.patch_embedding)
     n, h, w, c = x.shape
     x = jnp.reshape(x, [n, h * w, c])
     x = vit.add_prefix_tokens(self, x, self.classifier, dtype)
@@ -305,6 +309,6 @@ class StagedVisionTransformer(nn.Module):
         attention=self.attention, posemb=self.posemb, gelu=self.gelu,
         name='Transformer')(
             x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
-    return vit.classifier_head(x, self.classifier,
-                                  self.representation_size, self.num_classes,
-                                  self.head_bias_init, distill_outputs)
+    return vit.classifier_head(x, self.classifier, self.representation_size,
+                               self.num_classes, self.head_bias_init,
+                               distill_outputs)
