@@ -139,10 +139,13 @@ def _gelu(x, flavour):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
-def timm_forward(state, images, num_heads, gelu='exact', global_pool='token'):
+def timm_forward(state, images, num_heads, gelu='exact', global_pool='token',
+                 eps=1e-6):
   """timm's VisionTransformer(Distilled) in eval mode, in float64 NumPy.
 
   `images` are NHWC as vit_flax takes them; timm would take them NCHW.
+  `eps`: the LayerNorms' epsilon (timm's 1e-6; Hugging Face's 1e-12 gives
+  what transformers computes with the same weights).
   """
   s = {k: np.asarray(v, np.float64) for k, v in state.items()}
   images = np.asarray(images, np.float64)
@@ -159,7 +162,7 @@ def timm_forward(state, images, num_heads, gelu='exact', global_pool='token'):
   i = 0
   while f'blocks.{i}.norm1.weight' in s:
     b = f'blocks.{i}.'
-    y = _layer_norm(x, s[b + 'norm1.weight'], s[b + 'norm1.bias'])
+    y = _layer_norm(x, s[b + 'norm1.weight'], s[b + 'norm1.bias'], eps)
     qkv = y @ s[b + 'attn.qkv.weight'].T + s[b + 'attn.qkv.bias']
     qkv = qkv.reshape(n, x.shape[1], 3, num_heads, -1).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv
@@ -168,11 +171,11 @@ def timm_forward(state, images, num_heads, gelu='exact', global_pool='token'):
     attention /= attention.sum(-1, keepdims=True)
     y = (attention @ v).transpose(0, 2, 1, 3).reshape(n, x.shape[1], d)
     x = x + y @ s[b + 'attn.proj.weight'].T + s[b + 'attn.proj.bias']
-    y = _layer_norm(x, s[b + 'norm2.weight'], s[b + 'norm2.bias'])
+    y = _layer_norm(x, s[b + 'norm2.weight'], s[b + 'norm2.bias'], eps)
     y = _gelu(y @ s[b + 'mlp.fc1.weight'].T + s[b + 'mlp.fc1.bias'], gelu)
     x = x + y @ s[b + 'mlp.fc2.weight'].T + s[b + 'mlp.fc2.bias']
     i += 1
-  x = _layer_norm(x, s['norm.weight'], s['norm.bias'])
+  x = _layer_norm(x, s['norm.weight'], s['norm.bias'], eps)
   head = lambda z, name: z @ s[f'{name}.weight'].T + s[f'{name}.bias']
   if 'dist_token' in s:
     return (head(x[:, 0], 'head') + head(x[:, 1], 'head_dist')) / 2

@@ -51,6 +51,12 @@ def test_checkpoint_and_flag_errors_are_clear(run, tmp_path):
   with pytest.raises(errors.UserError, match='not --workdir'):
     inference.load_inference_model(workdir=str(tmp_path),
                                    which=str(run.dir / 'model.npz'))
+  # The workdir of visualize / predict given a file: said so, as main.py does.
+  for which in ('latest', 'best'):
+    with pytest.raises(errors.CheckpointError,
+                       match=r'model.npz is a file, not the workdir of a run'):
+      inference.load_inference_model(workdir=str(run.dir / 'model.npz'),
+                                     which=which)
   other = inference_run_config()
   other.model.transformer.mlp_dim = 8
   with pytest.raises(errors.CheckpointError, match='MlpBlock_3'):

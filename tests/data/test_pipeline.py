@@ -3,6 +3,7 @@ data the tests write."""
 
 import gzip
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -356,6 +357,25 @@ def test_image_folder_dataset(tmp_path):
 def test_image_folder_errors(tmp_path):
   with pytest.raises(sources.DataError, match='no train/ subfolder'):
     datasets.get_source(str(tmp_path))
+  layout = re.escape('/{train,test}/<class_name>/<image files> (.jpg')
+  (tmp_path / 'empty' / 'train').mkdir(parents=True)
+  with pytest.raises(sources.DataError, match=r'train has no class '
+                     r'subfolders; the layout is .*' + layout):
+    datasets.get_source(str(tmp_path / 'empty'))
+  (tmp_path / 'empty' / 'train' / 'cat').mkdir()
+  (tmp_path / 'empty' / 'train' / 'dog').mkdir()
+  (tmp_path / 'empty' / 'train' / 'dog' / 'notes.txt').write_text('')
+  with pytest.raises(sources.DataError,
+                     match=r'class folders of .*train hold no image files; the '
+                     r'layout is .*' + layout):
+    datasets.get_source(str(tmp_path / 'empty'))
+  # One class trains to loss 0 whatever the images: refused before work.
+  write_folder(tmp_path / 'one', classes=('cat',))
+  config = data_config(str(tmp_path / 'one'), crop=16)
+  with pytest.raises(sources.DataError,
+                     match=r"holds one class \('cat'\): a classifier needs at "
+                     'least two'):
+    pipeline_lib.Pipeline(config)
   write_folder(tmp_path / 'data')
   source = datasets.get_source(str(tmp_path / 'data'))
   with pytest.raises(sources.DataError, match="Unknown split 'val'"):

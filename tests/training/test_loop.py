@@ -211,7 +211,9 @@ def test_fine_tuning_starts_from_the_npz_weights(tmp_path):
     ({'decay_type': 'step'}, "Unknown decay_type 'step'"),
     ({'pp': {'crop': 18}}, r'Patch size \(4, 4\) does not divide'),
     ({'pp': {'curriculum': ((0, 10), (2, 16))}},
-     r'Patch size \(4, 4\) does not divide the input grid \(10, 10\)'),
+     r'pp.curriculum trains at 10px, where the model cannot run: Patch size '
+     r'\(4, 4\) does not divide the input grid \(10, 10\).*Choose curriculum '
+     r'sizes'),
     ({'pretrained_path': '/no/such/ViT-B_16.npz'},
      'pretrained_path /no/such/ViT-B_16.npz does not exist'),
     ({'model_type': 'vgg'}, "Unknown model_type 'vgg'"),
@@ -221,6 +223,17 @@ def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
   config.update(overrides)
   with pytest.raises(errors.UserError, match=message):
     run(config, tmp_path)
+
+
+def test_unreadable_pretrained_path_fails_before_the_workdir_exists(
+    tmp_path):
+  broken = tmp_path / 'ViT-B_16.npz'
+  broken.write_bytes(b'PK\x03\x04 cut short')  # A truncated download.
+  workdir = tmp_path / 'run'
+  with pytest.raises(errors.CheckpointError,
+                     match='is not a readable .npz file'):
+    run(tiny_config(pretrained_path=str(broken)), workdir)
+  assert not workdir.exists()  # No .lock, no checkpoints/best/.
 
 
 def test_batch_not_divisible_by_device_count():

@@ -17,6 +17,7 @@ import pytest
 import safetensors.numpy
 
 from vit_flax import errors
+from vit_flax.configs import common
 from vit_flax.models import vit
 from vit_flax.weights import npz
 from vit_flax.weights import pretrained as pretrained_lib
@@ -586,3 +587,37 @@ def test_deit_tiny_config_loads_the_hub_layouts(tmp_path, hub):
                'query/kernel'],
       want['Transformer/encoderblock_11/MultiHeadDotProductAttention_1/'
            'query/kernel'])
+
+
+def test_hf_layer_norm_epsilon_comes_from_its_config_json(tmp_path):
+  # Small activations, where LayerNorm's epsilon matters: HF's 1e-12 and
+  # vit_flax's 1e-6 then give other logits.
+  params = random_params()
+  params['embedding']['kernel'] = params['embedding']['kernel'] * 1e-3
+  params['embedding']['bias'] = params['embedding']['bias'] * 1e-3
+  params['Transformer']['posembed_input']['pos_embedding'] *= 1e-3
+  folder = tmp_path / 'vit-hf'
+  pytorch_layouts.write_hf_folder(folder, pytorch_layouts.hf_state(params),
+                                  pytorch_layouts.hf_config())
+  # What transformers computes: timm's math with HF's epsilon.
+  want = pytorch_layouts.timm_forward(pytorch_layouts.timm_state(params),
+                                      IMAGES, num_heads=2, eps=1e-12)
+  run = common.get_config()
+  run.model = config_for()
+  run.pretrained_path = str(folder)
+  pretrained_lib.adopt_checkpoint_settings(run)
+  assert run.model.layer_norm_eps == 1e-12
+  np.testing.assert_allclose(logits(run.model, params), want, atol=1e-5,
+                             rtol=0)
+  assert np.abs(logits(config_for(), params) - want).max() > 1e-4
+  # A value the config sets is the config's.
+  run.model.layer_norm_eps = 1e-5
+  pretrained_lib.adopt_checkpoint_settings(run)
+  assert run.model.layer_norm_eps == 1e-5
+  # timm checkpoints (no HF config.json) leave it unset: timm's is 1e-6.
+  pytorch_layouts.write_safetensors(str(tmp_path / 'timm.safetensors'),
+                                    pytorch_layouts.timm_state(params))
+  run.model.layer_norm_eps = None
+  run.pretrained_path = str(tmp_path / 'timm.safetensors')
+  pretrained_lib.adopt_checkpoint_settings(run)
+  assert run.model.layer_norm_eps is None

@@ -94,14 +94,13 @@ def encode(params, config: Mapping[str, Any], fmt: str) -> Dict[str, bytes]:
     return {None: npz.npz_bytes(params)}
   image_size = _image_size(config)
   if fmt == 'safetensors':
-    state = pytorch_write.to_timm(params, model_config, model_type,
-                                    image_size)
+    state = pytorch_write.to_timm(params, model_config, model_type, image_size)
     args = pytorch_write.timm_model_args(params, model_config, model_type,
-                                           image_size)
+                                         image_size)
     return {None: pytorch_write.safetensors_bytes(
         state, {pytorch_layout.TIMM_ARGS_METADATA: json.dumps(args)})}
   state, hf_config = pytorch_write.to_hf(params, model_config, model_type,
-                                           image_size)
+                                         image_size)
   return {'model.safetensors': pytorch_write.safetensors_bytes(state),
           'config.json': (json.dumps(hf_config, indent=2) + '\n').encode()}
 
@@ -204,7 +203,7 @@ def loading_code(params, config: Mapping[str, Any], out, fmt: str) -> str:
       return _vit_flax_loading_code(params, model_type, model_config, out,
                                     why_not_timm)
   args = pytorch_write.timm_model_args(params, model_config, model_type,
-                                         image_size)
+                                       image_size)
   arguments = ''.join(f',\n    {k}={v!r}' for k, v in args.items())
   lines = ['import timm']
   if fmt == 'safetensors':
@@ -240,7 +239,7 @@ def _why_timm_cannot_read_npz(params, model_type: str,
                               ) -> Optional[str]:
   """Why timm's npz reader cannot load this model (None: it can)."""
   features = pytorch_write.unexportable_features(model_type, model_config,
-                                                   'timm')
+                                                 'timm')
   readers = pytorch_write.npz_readers(model_type, model_config)
   if features:
     return (f'{pytorch_write.no_equivalent(features, "timm")}; '

@@ -130,8 +130,20 @@ class ImageFolderSource(Source):
     self.class_names = sorted(
         d for d in os.listdir(train_dir)
         if os.path.isdir(os.path.join(train_dir, d)))
+    layout = (f'the layout is {root}/{{train,test}}/<class_name>/<image '
+              f'files> ({", ".join(_IMAGE_SUFFIXES)})')
     if not self.class_names:
-      raise DataError(f'{train_dir} has no class subfolders.')
+      raise DataError(f'{train_dir} has no class subfolders; {layout}.')
+    if len(self.class_names) < 2:
+      raise DataError(
+          f'{train_dir} holds one class ({self.class_names[0]!r}): a '
+          'classifier needs at least two, or it learns to answer that class '
+          f'whatever the image; add a folder per class ({layout}).')
+    if not any(f.lower().endswith(_IMAGE_SUFFIXES)
+               for d in self.class_names
+               for f in os.listdir(os.path.join(train_dir, d))):
+      raise DataError(f'The class folders of {train_dir} hold no image '
+                      f'files; {layout}.')
     self.num_classes = len(self.class_names)
 
   def _files(self, split):

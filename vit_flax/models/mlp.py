@@ -64,8 +64,9 @@ class MlpBlock(nn.Module):
     if grid_shape is None:
       raise ValueError('locality=True needs the patch grid shape.')
     prefix, grid = posemb.split_prefix(x, grid_shape)
-    grid = depthwise_conv_lib.DepthwiseConv(self.mlp_dim, dtype=self.dtype,
-                         activation=gelu_fn(self.gelu),
-                         name='locality_conv')(grid)
+    grid = depthwise_conv_lib.DepthwiseConv(self.mlp_dim,
+                                            dtype=self.dtype,
+                                            activation=gelu_fn(self.gelu),
+                                            name='locality_conv')(grid)
     grid = grid.reshape(x.shape[0], -1, self.mlp_dim)
     return jnp.concatenate([prefix, grid], axis=1)

@@ -69,6 +69,8 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.attention_impl = ml_collections.config_dict.placeholder(str)
   config.remat = False
   config.gelu = 'tanh'  # Or 'exact' (erf), as timm / Hugging Face models.
+  # None: 1e-6, or what an imported checkpoint's config.json says (HF: 1e-12).
+  config.layer_norm_eps = ml_collections.config_dict.placeholder(float)
   # For training from scratch on small data; these values are official.
   config.transformer.stochastic_depth = 0.0  # Last block's drop-path rate.
   config.transformer.attention = 'mhsa'  # Or 'lsa'.

@@ -46,6 +46,16 @@ def num_prefix_tokens(classifier: str) -> int:
   return PREFIX_TOKENS.get(classifier, 0)
 
 
+# flax's LayerNorm default, that of the official ViT (and of timm).
+DEFAULT_LAYER_NORM_EPS = 1e-6
+
+
+def layer_norm_epsilon(layer_norm_eps: Optional[float]) -> float:
+  """`model.layer_norm_eps`, None meaning the official 1e-6. (Hugging Face
+  ViT and DeiT models use 1e-12.)"""
+  return DEFAULT_LAYER_NORM_EPS if layer_norm_eps is None else layer_norm_eps
+
+
 def check_choice(field: str, value, choices) -> None:
   """Raises a ConfigError naming `field` unless `value` is in `choices`."""
   if value not in choices:
@@ -104,6 +114,7 @@ class Encoder1DBlock(nn.Module):
   drop_path_rate: float = 0.0
   attention: str = 'mhsa'
   gelu: str = 'tanh'
+  layer_norm_eps: Optional[float] = None  # None: flax's 1e-6 (official).
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool, grid_shape: GridShape = None,
@@ -124,7 +135,10 @@ class Encoder1DBlock(nn.Module):
       attention_fn = self.locality_attention_fn(inputs, sow_weights)
     # Explicit names: they are those of the released checkpoints, which
     # current flax auto-naming (numbered per type) would not reproduce.
-    x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(inputs)
+    layer_norm = functools.partial(nn.LayerNorm, dtype=self.dtype,
+                                   epsilon=layer_norm_epsilon(
+                                       self.layer_norm_eps))
+    x = layer_norm(name='LayerNorm_0')(inputs)
     x = attention_lib.MultiHeadSelfAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,
@@ -136,11 +150,15 @@ class Encoder1DBlock(nn.Module):
     x = drop_path.DropPath(self.drop_path_rate)(x, deterministic)
     x = x + inputs
 
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
-    y = mlp.MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype,
-                 dropout_rate=self.dropout_rate, locality=self.locality,
-                 gelu=self.gelu, name='MlpBlock_3')(
-                     y, deterministic=deterministic, grid_shape=grid_shape)
+    y = layer_norm(name='LayerNorm_2')(x)
+    y = mlp.MlpBlock(mlp_dim=self.mlp_dim,
+                     dtype=self.dtype,
+                     dropout_rate=self.dropout_rate,
+                     locality=self.locality,
+                     gelu=self.gelu,
+                     name='MlpBlock_3')(y,
+                                        deterministic=deterministic,
+                                        grid_shape=grid_shape)
     y = drop_path.DropPath(self.drop_path_rate)(y, deterministic)
     return x + y
 
@@ -183,6 +201,7 @@ class Encoder(nn.Module):
   attention: str = 'mhsa'
   posemb: str = 'learned'
   gelu: str = 'tanh'
+  layer_norm_eps: Optional[float] = None
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: GridShape = None,
@@ -213,8 +232,11 @@ class Encoder(nn.Module):
           drop_path_rate=rates[lyr],
           attention=self.attention,
           gelu=self.gelu,
+          layer_norm_eps=self.layer_norm_eps,
           name=f'encoderblock_{lyr}')(x, not train, grid_shape, sow_weights)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    return nn.LayerNorm(dtype=self.dtype,
+                        epsilon=layer_norm_epsilon(self.layer_norm_eps),
+                        name='encoder_norm')(x)
 
 
 def add_prefix_tokens(module: nn.Module, x, classifier: str, dtype):
@@ -298,6 +320,7 @@ class VisionTransformer(nn.Module):
   patch_embedding: str = 'conv'
   posemb: str = 'learned'
   gelu: str = 'tanh'
+  layer_norm_eps: Optional[float] = None
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
@@ -323,7 +346,7 @@ class VisionTransformer(nn.Module):
     x = inputs.astype(dtype)
     if self.resnet is not None:
       x = resnet_lib.resnet_root(x, self.resnet['num_layers'],
-                                    self.resnet['width_factor'], dtype)
+                                 self.resnet['width_factor'], dtype)
     return patch_embed.embed_patches(x,
                                      self.patches['size'],
                                      self.hidden_size,
@@ -345,7 +368,8 @@ class VisionTransformer(nn.Module):
       x = add_prefix_tokens(self, x, self.classifier, dtype)
       x = Encoder(name='Transformer', dtype=dtype, locality=self.locality,
                   attention_impl=self.attention_impl, remat=self.remat,
-                  posemb=self.posemb, gelu=self.gelu, **self.transformer)(
+                  posemb=self.posemb, gelu=self.gelu,
+                  layer_norm_eps=self.layer_norm_eps, **self.transformer)(
                       x, train=train, grid_shape=(h, w),
                       sow_weights=sow_weights)
 

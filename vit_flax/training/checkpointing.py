@@ -90,6 +90,13 @@ def _open_directory(path: epath.Path) -> None:
         'should be; move it away or choose another workdir.')
 
 
+def has_checkpoints(workdir) -> bool:
+  """Whether `workdir` holds a committed checkpoint of a run; reads only."""
+  directory = epath.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(
+      path.name.isdigit() and path.is_dir() for path in directory.iterdir())
+
+
 class CorruptCheckpointError(errors.CheckpointError):
   """A checkpoint whose files cannot be read back as they were written."""
 
@@ -431,6 +438,12 @@ def restore_for_inference(workdir, which: str = 'latest', ema: bool = False
     raise errors.CheckpointError(
         f'Unknown checkpoint {which!r}; expected latest or best (or a .npz '
         'path where that is accepted).')
+  if epath.Path(workdir).is_file():
+    raise errors.CheckpointError(
+        f'{workdir} is a file, not the workdir of a run (the folder a run '
+        'was trained in, holding checkpoints/); give that folder, or the '
+        'file as a weights file where one is accepted (e.g. --checkpoint= '
+        'for an .npz).')
   directory = epath.Path(workdir) / 'checkpoints'
   if which == 'best':
     directory = directory / 'best'

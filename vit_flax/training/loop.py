@@ -45,10 +45,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int):
   config_checks.check_config(config, num_devices)
 
 
-def check_image_sizes(model, sizes, num_channels: int = 3):
-  """Traces the model at each size (no compute) to catch shape errors now."""
-  for size in sorted(set(sizes)):
-    presets.abstract_params(model, size, num_channels)
+def check_image_sizes(model, sizes, num_channels: int = 3,
+                      curriculum_sizes=()):
+  """Traces the model at each size (no compute) to catch shape errors now;
+  an error at a size that only `pp.curriculum` asks for names it."""
+  for size in sorted(set(sizes) | set(curriculum_sizes)):
+    try:
+      presets.abstract_params(model, size, num_channels)
+    except errors.ConfigError as e:
+      if size in sizes:
+        raise
+      raise errors.ConfigError(
+          f'pp.curriculum trains at {size}px, where the model cannot run: '
+          f'{e} Choose curriculum sizes the model takes, as pp.crop '
+          f'({min(sizes)}px) is.') from e
 
 
 def evaluate(eval_step, params, pipeline, sharding) -> Dict[str, float]:
@@ -108,6 +118,8 @@ class Setup:
   checkpointer: Optional[checkpointing.Checkpointer]
   lock: workdir_lib.WorkdirLock
   teacher: Optional[distill.Teacher] = None
+  # Read before the workdir was touched, when it held no checkpoint.
+  pretrained_params: Any = None
 
   def close(self):
     """Waits for pending saves (raising their errors), then unlocks."""
@@ -133,10 +145,13 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   num_devices = jax.device_count()
   validate_config(config, num_devices)
   pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
-                                     jax.process_count())
+                                   jax.process_count())
+  if config.get('pretrained_path'):
+    pretrained.adopt_checkpoint_settings(config)
   model = presets.create_model_for(config, pipeline.num_classes)
-  check_image_sizes(model, [pipeline.image_size] +
-                    [phase.image_size for phase in pipeline.phases])
+  check_image_sizes(
+      model, [pipeline.image_size],
+      curriculum_sizes=[phase.image_size for phase in pipeline.phases])
   schedule = optim.create_learning_rate_schedule(
       config.total_steps, config.base_lr, config.decay_type,
       config.warmup_steps)
@@ -147,6 +162,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                                    pipeline.image_size)
     logging.info('Distilling from the %s (%s).', teacher.source,
                  config.distill.get('type', 'hard'))
+  pretrained_params = None
+  if config.get('pretrained_path') and not checkpointing.has_checkpoints(
+      workdir):  # Read now: a file that cannot be used fails before any work.
+    pretrained_params = load_pretrained_params(config, model,
+                                               pipeline.image_size)
   path = workdir_lib.prepare_workdir(workdir)
   # Before the checkpoints are touched (a live job may be saving).
   lock = workdir_lib.WorkdirLock(path)
@@ -161,7 +181,21 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   return Setup(config=config, workdir=path,
                mesh=mesh_lib.create_mesh(fsdp=config.get('mesh_fsdp', 1)),
                pipeline=pipeline, model=model, schedule=schedule, tx=tx,
-               checkpointer=checkpointer, lock=lock, teacher=teacher)
+               checkpointer=checkpointer, lock=lock, teacher=teacher,
+               pretrained_params=pretrained_params)
+
+
+def load_pretrained_params(config: ml_collections.ConfigDict, model,
+                           image_size: int):
+  """`config.pretrained_path` fitted to `model` (fresh head, resized
+  position embeddings), as host arrays."""
+  # The fresh params give the target shapes and the new head.
+  fresh = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(config.seed),
+      jnp.zeros((1, image_size, image_size, 3)))['params']
+  return pretrained.load_pretrained(
+      pretrained_path=config.pretrained_path,
+      init_params=jax.device_get(fresh), model_config=config.model)
 
 
 def initial_state(
@@ -177,13 +211,10 @@ def initial_state(
       setup.checkpointer.latest_step())
   init_params = None
   if config.get('pretrained_path') and not resuming:
-    # The fresh params give the target shapes and the new head.
-    fresh = jax.jit(functools.partial(setup.model.init, train=False))(
-        jax.random.PRNGKey(config.seed),
-        jnp.zeros((1, pipeline.image_size, pipeline.image_size, 3)))['params']
-    init_params = pretrained.load_pretrained(
-        pretrained_path=config.pretrained_path,
-        init_params=jax.device_get(fresh), model_config=config.model)
+    init_params = setup.pretrained_params
+    if init_params is None:  # Every checkpoint there was set aside.
+      init_params = load_pretrained_params(config, setup.model,
+                                           pipeline.image_size)
     logging.info('Fine-tuning from %s.', config.pretrained_path)
   state = step_lib.create_train_state(
       setup.model, setup.tx, config, pipeline.image_size, setup.mesh,

@@ -54,7 +54,7 @@ def create_optimizer(config, schedule: optax.Schedule
   name = config.optimizer
   if name not in OPTIMIZERS:
     raise errors.ConfigError(f'Unknown optimizer {name!r}; expected one of '
-                     f'{OPTIMIZERS}.')
+                             f'{OPTIMIZERS}.')
   dtype = jnp.dtype(config.get('optim_dtype', 'float32'))
   weight_decay = config.get('weight_decay', 0.0)
   if name == 'sgd':

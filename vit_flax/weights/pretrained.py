@@ -96,6 +96,24 @@ def _fix_groupnorm(flat: Dict[str, Any]) -> Dict[str, Any]:
           for k, v in flat.items()}
 
 
+def adopt_checkpoint_settings(config) -> None:
+  """Sets in `config.model` what `config.pretrained_path` states about how
+  its model computes and the config leaves open: the LayerNorm epsilon of a
+  Hugging Face checkpoint (1e-12, where vit_flax's default is 1e-6), when
+  `model.layer_norm_eps` is unset. Reads the checkpoint's config.json only."""
+  model = config.get('model')
+  if (model is None or model.get('layer_norm_eps') is not None or
+      not pytorch_read.is_pytorch_checkpoint(config.pretrained_path)):
+    return
+  eps = pytorch_read.stated_layer_norm_eps(config.pretrained_path)
+  if eps is None or eps == vit.DEFAULT_LAYER_NORM_EPS:
+    return
+  with model.unlocked():
+    model.layer_norm_eps = eps
+  logging.info('config.model.layer_norm_eps=%g, as the config.json of %s '
+               'says.', eps, config.pretrained_path)
+
+
 def load_pretrained(*, pretrained_path, init_params: npz.Params,
                     model_config: Mapping[str, Any],
                     keep_head: bool = False) -> npz.Params:

@@ -33,8 +33,6 @@ LAYOUTS = ('timm', 'hf')
 # Key of the safetensors metadata where `vit_flax.export` writes the timm
 # `create_model` arguments of the file.
 TIMM_ARGS_METADATA = 'vit_flax.timm_model_args'
-# vit_flax's LayerNorms (flax's default); HF configs often say 1e-12.
-LAYER_NORM_EPS = 1e-6
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 _ATTENTION = 'MultiHeadDotProductAttention_1'
@@ -66,10 +64,9 @@ def _block_entries(torch_prefix: str, flax_prefix: str,
     torch_name = torch_prefix + names[flax_name]
     flax_name = flax_prefix + flax_name
     weight = 'scale' if kind == 'copy' else 'kernel'
-    entries.append(Entry(f'{torch_name}.weight', (f'{flax_name}/{weight}',),
-                          kind))
-    entries.append(Entry(f'{torch_name}.bias', (f'{flax_name}/bias',),
-                          'copy'))
+    entries.append(
+        Entry(f'{torch_name}.weight', (f'{flax_name}/{weight}',), kind))
+    entries.append(Entry(f'{torch_name}.bias', (f'{flax_name}/bias',), 'copy'))
   if fused_qkv:
     qkv = torch_prefix + names['qkv']
     entries.append(Entry(f'{qkv}.weight', tuple(
@@ -79,13 +76,14 @@ def _block_entries(torch_prefix: str, flax_prefix: str,
   else:
     for n in _QKV:
       torch_name = torch_prefix + names[n]
-      entries.append(Entry(f'{torch_name}.weight',
-                            (f'{attention}{n}/kernel',), 'heads_kernel'))
-      entries.append(Entry(f'{torch_name}.bias', (f'{attention}{n}/bias',),
-                            'heads_bias'))
+      entries.append(
+          Entry(f'{torch_name}.weight', (f'{attention}{n}/kernel',),
+                'heads_kernel'))
+      entries.append(
+          Entry(f'{torch_name}.bias', (f'{attention}{n}/bias',), 'heads_bias'))
   out = torch_prefix + names['out']
-  entries.append(Entry(f'{out}.weight', (f'{attention}out/kernel',),
-                        'out_kernel'))
+  entries.append(
+      Entry(f'{out}.weight', (f'{attention}out/kernel',), 'out_kernel'))
   entries.append(Entry(f'{out}.bias', (f'{attention}out/bias',), 'copy'))
   return entries
 
@@ -105,9 +103,10 @@ _HF_BLOCK = {'LayerNorm_0': 'layernorm_before',
 
 
 def _dense(torch_name: str, flax_name: str, group: str) -> List[Entry]:
-  return [Entry(f'{torch_name}.weight', (f'{flax_name}/kernel',), 'dense',
-                 group),
-          Entry(f'{torch_name}.bias', (f'{flax_name}/bias',), 'copy', group)]
+  return [
+      Entry(f'{torch_name}.weight', (f'{flax_name}/kernel',), 'dense', group),
+      Entry(f'{torch_name}.bias', (f'{flax_name}/bias',), 'copy', group)
+  ]
 
 
 def timm_entries(num_layers: int) -> List[Entry]:
@@ -140,13 +139,13 @@ def hf_entries(num_layers: int, prefix: str, distilled_heads: bool
       Entry(f'{embeddings}distillation_token', ('dist',), 'copy', 'dist'),
       Entry(f'{embeddings}position_embeddings', (POSEMB,), 'copy'),
       Entry(f'{embeddings}patch_embeddings.projection.weight',
-             ('embedding/kernel',), 'conv'),
+            ('embedding/kernel',), 'conv'),
       Entry(f'{embeddings}patch_embeddings.projection.bias',
-             ('embedding/bias',), 'copy'),
+            ('embedding/bias',), 'copy'),
       Entry(f'{prefix}layernorm.weight', ('Transformer/encoder_norm/scale',),
-             'copy'),
+            'copy'),
       Entry(f'{prefix}layernorm.bias', ('Transformer/encoder_norm/bias',),
-             'copy'),
+            'copy'),
   ]
   entries += _dense(f'{prefix}pooler.dense', 'pre_logits', 'pre_logits')
   if distilled_heads:

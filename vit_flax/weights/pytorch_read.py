@@ -78,7 +78,7 @@ class Architecture:
 
 
 def to_flax(kind: str, x: np.ndarray, num_heads: Optional[int],
-             key: str) -> List[np.ndarray]:
+            key: str) -> List[np.ndarray]:
   """The vit_flax arrays of torch tensor `x`."""
   if kind == 'copy':
     return [x]
@@ -274,6 +274,18 @@ def read(
   return state, metadata, _read_config(folder / 'config.json')
 
 
+def stated_layer_norm_eps(path) -> Optional[float]:
+  """The LayerNorm epsilon of a Hugging Face ViT / DeiT checkpoint, from its
+  config.json (transformers' default, 1e-12, when it says none); None for
+  other checkpoints (timm's ViTs use vit_flax's 1e-6). Reads no weights."""
+  path = epath.Path(path)
+  folder = path if path.is_dir() else path.parent
+  config = _read_config(folder / 'config.json')
+  if not config or config.get('model_type') not in HF_MODEL_TYPES:
+    return None
+  return float(config.get('layer_norm_eps', 1e-12))
+
+
 def detect_layout(state: Mapping[str, Any]) -> Tuple[str, str]:
   """('timm', '') or ('hf', key prefix) from the keys of a state dict."""
   if 'patch_embed.proj.weight' in state:
@@ -330,7 +342,7 @@ def _convert(state: Mapping[str, np.ndarray],
   for entry in entries:
     if entry.torch_key in state:
       arrays = to_flax(entry.kind, np.asarray(state[entry.torch_key]),
-                        num_heads, entry.torch_key)
+                       num_heads, entry.torch_key)
       flat.update(zip(entry.flax_keys, arrays))
   return flat
 
@@ -596,9 +608,10 @@ def check_fits(arch: Architecture, model_config: Mapping[str, Any],
     raise pytorch_layout.PyTorchWeightsError(
         f'Checkpoint {path} ({arch.layout} layout) does not fit config.model: '
         f'{"; ".join(wrong)}.')
-  if (arch.layer_norm_eps is not None and
-      arch.layer_norm_eps != pytorch_layout.LAYER_NORM_EPS):
-    logging.info(
-        'Checkpoint %s uses LayerNorm epsilon %g, vit_flax %g: activations '
-        'differ by about that much relative to their variance.', path,
-        arch.layer_norm_eps, pytorch_layout.LAYER_NORM_EPS)
+  eps = vit.layer_norm_epsilon(model_config.get('layer_norm_eps'))
+  if arch.layer_norm_eps is not None and arch.layer_norm_eps != eps:
+    logging.warning(
+        'Checkpoint %s uses LayerNorm epsilon %g, config.model.layer_norm_eps '
+        'is %g: activations differ by about that much relative to their '
+        'variance (leave the field unset to take the checkpoint\'s).', path,
+        arch.layer_norm_eps, eps)
