@@ -9,6 +9,7 @@ import pytest
 from vit_flax import errors
 from vit_flax.configs import common
 from vit_flax.models import presets
+from vit_flax.training import checkpointing
 from vit_flax.training import config_checks
 from vit_flax.training import loop
 from vit_flax.training import mesh as mesh_lib
@@ -77,6 +78,19 @@ def test_conv_kernels_can_stay_on_adamw():
                         conv_kernels=False)
   assert sorted(p for p, label in labels.items()
                 if label == 'muon') == BLOCK_MATRICES
+
+
+def test_vectors_and_unknown_layouts_stay_on_adamw():
+  dims = optim.muon_dimension_numbers
+  assert dims(('MlpBlock_3', 'Dense_0', 'kernel'), (16, 8)) is not None
+  # A (width, 1) kernel, e.g. a pooling score per token, is a vector.
+  assert dims(('pool', 'score', 'kernel'), (16, 1)) is None
+  # 3-D kernels other than the attention's: no known matrix layout.
+  assert dims(('query', 'kernel'), (16, 2, 8)) is not None
+  assert dims(('other', 'kernel'), (16, 2, 8)) is None
+  # The dimension numbers say which axes make the matrix.
+  assert dims(('out', 'kernel'), (2, 8, 16)) == optim.MuonDimensionNumbers(
+      reduction_axis=(0, 1), output_axis=(2,))
 
 
 def muon_config(**overrides):
@@ -220,6 +234,16 @@ def test_muon_resumes_bit_for_bit(tmp_path, data, monkeypatch):
     for a, b in zip(jax.tree.leaves(getattr(whole, name)),
                     jax.tree.leaves(getattr(resumed, name))):
       np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_resume_may_not_move_conv_kernels_between_the_halves():
+  config = muon_config()
+  saved = checkpointing._json_ready(config)  # pylint: disable=protected-access
+  config.muon.update(beta=0.9, ns_steps=3)
+  checkpointing.check_resumable(saved, config)  # No error: same state.
+  config.muon.conv_kernels = False
+  with pytest.raises(errors.CheckpointError, match='muon.conv_kernels'):
+    checkpointing.check_resumable(saved, config)
 
 
 BAD_MUON_CONFIGS = [

@@ -80,7 +80,8 @@ def muon_dimension_numbers(path: Sequence[str], shape: Tuple[int, ...],
   (kh, kw, in, out) as the (kh * kw * in, out) matrix of their im2col
   matmul, as the CIFAR-10 speedruns do. Everything else is AdamW's: biases,
   norms, position embeddings, class tokens, depthwise conv kernels (in = 1:
-  a k x k filter per channel, no matrix to orthogonalise), and the layers of
+  a k x k filter per channel, no matrix to orthogonalise), matrices of one
+  row or column (vectors, e.g. a pooling score), and the layers of
   `MUON_EXCLUDED_LAYERS`.
 
   Args:
@@ -94,14 +95,25 @@ def muon_dimension_numbers(path: Sequence[str], shape: Tuple[int, ...],
     return None
   layer = path[-2] if len(path) > 1 else ''
   if len(shape) == 2:
-    return MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1,))
-  if len(shape) == 3 and layer in _ATTENTION_INPUTS:
-    return MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1, 2))
-  if len(shape) == 3 and layer == _ATTENTION_OUTPUT:
-    return MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=(2,))
-  if len(shape) == 4 and conv_kernels and shape[2] > 1:
-    return MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
-  return None
+    dims = MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1,))
+  elif len(shape) == 3 and layer in _ATTENTION_INPUTS:
+    dims = MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1, 2))
+  elif len(shape) == 3 and layer == _ATTENTION_OUTPUT:
+    dims = MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=(2,))
+  elif len(shape) == 4 and conv_kernels and shape[2] > 1:
+    dims = MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
+  else:
+    return None
+  # A matrix of one row or column is a vector: orthogonalising it would
+  # only normalise it.
+  return dims if min(_fans(shape, dims)) > 1 else None
+
+
+def _fans(shape: Tuple[int, ...], dims: MuonDimensionNumbers
+          ) -> Tuple[int, int]:
+  """(rows, columns) of the matrix that `dims` make of a `shape` param."""
+  return tuple(math.prod(shape[axis] for axis in axes)
+               for axes in (dims.reduction_axis, dims.output_axis))
 
 
 def _map_with_path(fn, tree):
@@ -143,9 +155,7 @@ def _muon_half(config, schedule: optax.Schedule, dtype, weight_decay: float
       if isinstance(update, optax.MaskedNode):
         return update
       dims = muon_dimension_numbers(path, update.shape, conv_kernels)
-      fans = [math.prod(update.shape[axis] for axis in axes)
-              for axes in (dims.reduction_axis, dims.output_axis)]
-      return update * (rms * math.sqrt(max(fans)))
+      return update * (rms * math.sqrt(max(_fans(update.shape, dims))))
     return _map_with_path(scale, updates)
 
   return optax.chain(
