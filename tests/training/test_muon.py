@@ -1,5 +1,6 @@
 """optimizer='muon': which params get Muon, its update, its state, resume."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -57,10 +58,7 @@ def param_labels(model_type, model_config, image_size, conv_kernels=True):
   model = presets.create_model(model_type, model_config, 10)
   labels = optim.muon_labels(presets.abstract_params(model, image_size),
                              conv_kernels)
-  flat = {'/'.join(path): label for path, label in
-          jax.tree_util.tree_flatten_with_path(labels)[0]
-          for path in [[k.key for k in path]]}
-  return flat
+  return flax.traverse_util.flatten_dict(labels, sep='/')
 
 
 @pytest.mark.parametrize('case', sorted(LABEL_CASES))
@@ -111,8 +109,8 @@ def matrix_with_spectrum(rows, cols, seed):
   return (u * spectrum) @ v.T, u @ v.T
 
 
-# Params named as in the models, shaped as the matrices Muon sees would be
-# laid out: (matrix rows, matrix columns) of each.
+# Params named as in the models: (their shape, the (rows, columns) of the
+# matrix Muon makes of them).
 TOY_MATRICES = {
     ('MlpBlock_3', 'Dense_0'): ((24, 40), (24, 40)),
     ('attention', 'query'): ((16, 2, 8), (16, 16)),
