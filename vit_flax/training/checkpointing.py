@@ -29,7 +29,7 @@ from vit_flax.training import host
 # Config fields a resumed run may not change: they define the model, the
 # optimizer state's structure or the data stream.
 IMMUTABLE_FIELDS = ('dataset', 'pp.train', 'model_type', 'model', 'batch',
-                    'optimizer', 'optim_dtype', 'seed')
+                    'optimizer', 'optim_dtype', 'muon.conv_kernels', 'seed')
 # Fields under those that only name things, so a resume may change them.
 RENAMEABLE_FIELDS = ('model.model_name',)
 # Multi-process runs poll signals and clocks collectively this often.

@@ -16,6 +16,7 @@ from etils import epath
 import ml_collections
 
 from vit_flax import errors
+from vit_flax.configs import common
 from vit_flax.data import mixup
 from vit_flax.training import distill
 
@@ -60,6 +61,16 @@ RULES: Tuple[_Rule, ...] = (
      "Adam's beta2"),
     ('weight_decay', lambda v: _is_real(v) and v >= 0, 'a number >= 0',
      'the weight decay'),
+    ('muon.beta', lambda v: _is_real(v) and 0 <= v < 1, 'a number in [0, 1)',
+     "Muon's momentum"),
+    ('muon.nesterov', lambda v: isinstance(v, bool), 'True or False',
+     "whether Muon's momentum is Nesterov's"),
+    ('muon.ns_steps', lambda v: _is_int(v) and v >= 1, 'an integer >= 1',
+     "Muon's Newton-Schulz iterations"),
+    ('muon.consistent_rms', lambda v: _is_real(v) and v > 0, 'a number > 0',
+     "the RMS of Muon's update relative to the learning rate, e.g. 0.2"),
+    ('muon.conv_kernels', lambda v: isinstance(v, bool), 'True or False',
+     'whether conv kernels get Muon'),
     ('label_smoothing', lambda v: _is_real(v) and 0 <= v < 1,
      'a number in [0, 1)', 'the label smoothing'),
     ('optim_dtype', lambda v: v in OPTIM_DTYPES, f'one of {OPTIM_DTYPES}',
@@ -134,6 +145,7 @@ def check_config(config: ml_collections.ConfigDict,
         'before training does; for a short run set both, e.g. '
         f'--config.total_steps={config.total_steps} '
         f'--config.warmup_steps={config.total_steps // 10}.')
+  _check_muon(config)
   # Their own checks, naming the fields.
   mixup.options_from_config(config)
   distill.options_from_config(config)
@@ -146,6 +158,34 @@ def check_config(config: ml_collections.ConfigDict,
           f'config.pretrained_path {config.pretrained_path} does not '
           'exist; download an official checkpoint (e.g. gs://vit_models/'
           'imagenet21k/ViT-B_16.npz) or fix the path.')
+
+
+def _check_muon(config) -> None:
+  """Fields of one optimizer set for another: a mistake, said plainly."""
+  defaults = common.get_config()
+  muon = config.get('muon') or {}
+  unknown = sorted(set(muon) - set(defaults.muon))
+  if unknown:
+    raise errors.ConfigError(
+        f'config.muon.{unknown[0]} is not a Muon field; the fields are '
+        f'{sorted(defaults.muon)} (configs/common.py).')
+  if config.get('optimizer') == 'muon':
+    momentum = config.get('momentum', defaults.momentum)
+    if momentum != defaults.momentum:
+      raise errors.ConfigError(
+          f'config.momentum={momentum!r} is SGD\'s momentum, which '
+          "optimizer='muon' does not use: Muon's momentum is "
+          f'config.muon.beta (default {defaults.muon.beta}), and the AdamW '
+          "half's is config.b1. Set momentum back to "
+          f'{defaults.momentum} and set the one you meant.')
+    return
+  changed = sorted(name for name in muon if muon[name] != defaults.muon[name])
+  if changed:
+    raise errors.ConfigError(
+        f'config.muon.{changed[0]}={muon[changed[0]]!r} is set but '
+        f"config.optimizer={config.get('optimizer')!r}: the muon fields are "
+        "used only with optimizer='muon'. Set optimizer='muon', or leave "
+        'config.muon at its defaults (configs/common.py).')
 
 
 def _check_model(model) -> None:
