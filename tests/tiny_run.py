@@ -30,6 +30,7 @@ parser.add_argument('--process_id', type=int, default=0)
 args = parser.parse_args()
 
 os.environ['XLA_FLAGS'] = (
+    f"{os.environ.get('XLA_FLAGS', '')} "
     f'--xla_force_host_platform_device_count={args.devices}')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, 'tests')]

@@ -150,7 +150,8 @@ def test_command_line_prints_a_table_and_a_json_line(data):
        '--pipeline_batches=2', '--loop_steps=2'],
       capture_output=True, text=True, cwd=REPO,
       env=dict(os.environ,
-               XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+               XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+               ' --xla_force_host_platform_device_count=2'))
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   results = json.loads(lines[-1])

@@ -249,7 +249,8 @@ def test_soft_cross_entropy_is_linear_in_the_mix():
 
 SHARDED_SCRIPT = """
 import os, sys
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=2')
 sys.path[:0] = [%r, %r, %r]
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -129,7 +129,8 @@ def test_accumulated_gradients_equal_the_large_batch_step():
 
 MULTI_DEVICE_SCRIPT = """
 import os, sys
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=%d'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=%d')
 sys.path[:0] = [%r, %r, %r]
 import jax, tensorflow_datasets as tfds
 import test_loop
