@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vit_flax import errors
+from vit_flax.commands import inference
 from vit_flax.figures import drawing
 from vit_flax.figures import probe as probe_lib
 from vit_flax.models import patch_embed
@@ -366,6 +367,21 @@ def test_presets_are_cct_and_take_both_spellings():
   config.tokenizer.layers = 2
   params = abstract_params(config, 32)
   assert params['tokenizer']['conv_0']['kernel'].shape == (3, 3, 3, 64)
+
+
+def test_inference_knows_the_pixels_per_token_of_tokenizers_and_stems():
+  config = presets.get_model_config('CCT-7/3x1')
+  assert inference.pixels_per_patch(config) == 2
+  params = abstract_params(config, 32, 10)
+  assert inference.native_image_size(config, params) == 32
+  config.tokenizer.layers = 2
+  assert inference.pixels_per_patch(config) == 4
+  stem = tokenizer_config('conv_stem', {'layers': 3})
+  assert inference.pixels_per_patch(stem) == 8
+  hybrid = presets.get_model_config('R50+ViT-B_16')
+  assert inference.pixels_per_patch(hybrid) == 16
+  hybrid.resnet.stem = 'cifar'
+  assert inference.pixels_per_patch(hybrid) == 4
 
 
 # Hybrid roots at small scale.
