@@ -372,10 +372,12 @@ def test_presets_are_cct_and_take_both_spellings():
 def test_inference_knows_the_pixels_per_token_of_tokenizers_and_stems():
   config = presets.get_model_config('CCT-7/3x1')
   assert inference.pixels_per_patch(config) == 2
-  params = abstract_params(config, 32, 10)
-  assert inference.native_image_size(config, params) == 32
   config.tokenizer.layers = 2
   assert inference.pixels_per_patch(config) == 4
+  config = tokenizer_config('cct', {'layers': 1, 'kernel': 3, 'width': 8},
+                            classifier='seqpool')
+  _, params = init(config, image_size=24)  # A 12x12 grid.
+  assert inference.native_image_size(config, params) == 24
   stem = tokenizer_config('conv_stem', {'layers': 3})
   assert inference.pixels_per_patch(stem) == 8
   hybrid = presets.get_model_config('R50+ViT-B_16')
