@@ -350,7 +350,7 @@ def test_presets_are_cct_and_take_both_spellings():
   config = presets.get_model_config('CCT-7/3x1')
   assert config.patch_embedding == 'cct'
   assert config.tokenizer.to_dict() == {'layers': 1, 'kernel': 3,
-                                        'width': 64}
+                                        'width': 64, 'norm_groups': None}
   assert config.classifier == 'seqpool'
   assert not config.transformer.qkv_bias
   assert config.transformer.norm_placement == 'cct'
@@ -367,6 +367,16 @@ def test_presets_are_cct_and_take_both_spellings():
   config.tokenizer.layers = 2
   params = abstract_params(config, 32)
   assert params['tokenizer']['conv_0']['kernel'].shape == (3, 3, 3, 64)
+  # Any ViT preset holds every tokenizer field, typed, None where unset.
+  plain = presets.get_model_config('ViT-Ti_16')
+  assert plain.tokenizer.to_dict() == dict.fromkeys(
+      ('layers', 'kernel', 'width', 'norm_groups'))
+  plain.patch_embedding = 'conv_stem'
+  plain.tokenizer.layers = 4  # Its defaults for the rest.
+  params = abstract_params(plain, 32)
+  assert params['conv_stem']['conv_3']['kernel'].shape == (3, 3, 128, 256)
+  with pytest.raises(TypeError):
+    plain.tokenizer.layers = 'four'
 
 
 def test_inference_knows_the_pixels_per_token_of_tokenizers_and_stems():

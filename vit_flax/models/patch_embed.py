@@ -46,6 +46,8 @@ TOKENIZER_DEFAULTS = {
     # Two stride-2 convs: a 28 px image gives a 7x7 grid.
     'conv_stem': {'layers': 2, 'width': 32, 'norm_groups': 8},
 }
+# Every field of either; a config holds them all, None where unset.
+TOKENIZER_FIELDS = ('layers', 'kernel', 'width', 'norm_groups')
 # The top-level module of each patch embedding (figures look for these).
 MODULE_NAMES = {'conv': 'embedding', 'spt': 'spt', 'cct': 'tokenizer',
                 'conv_stem': 'conv_stem'}
@@ -111,9 +113,9 @@ def _is_int(value) -> bool:
 def tokenizer_settings(patch_embedding: str,
                        tokenizer: Optional[Mapping[str, Any]]
                        ) -> Dict[str, Any]:
-  """The fields of a conv tokenizer: `TOKENIZER_DEFAULTS` updated by
-  `model.tokenizer` (None: the defaults), checked; {} for 'conv' and 'spt',
-  which do not read `model.tokenizer`.
+  """The fields of a conv tokenizer: `TOKENIZER_DEFAULTS` updated by the
+  fields of `model.tokenizer` that are not None (None: all defaults),
+  checked; {} for 'conv' and 'spt', which do not read `model.tokenizer`.
 
   Raises:
     ConfigError: an unknown field, or a value the tokenizer cannot build.
@@ -127,7 +129,8 @@ def tokenizer_settings(patch_embedding: str,
         f'model.tokenizer={tokenizer!r} must be a dict of the fields of the '
         f"{patch_embedding!r} tokenizer, {sorted(defaults)}, or None (the "
         f'defaults, {defaults}).')
-  tokenizer = dict(tokenizer or {})
+  tokenizer = {field: value for field, value in dict(tokenizer or {}).items()
+               if value is not None}
   unknown = sorted(set(tokenizer) - set(defaults))
   if unknown:
     raise errors.ConfigError(

@@ -7,6 +7,7 @@ CCT's models are here under the paper's names (`CCT-7/3x1`, `ViT-Lite-7/4`,
 ...; also `CCT-7_3x1`, ... for file names and shells); see `cct_config`.
 """
 
+import copy
 import functools
 from typing import Optional, Sequence, Tuple
 
@@ -41,10 +42,23 @@ def _register(config: ml_collections.ConfigDict,
 
 def _register_alias(alias: str, name: str) -> None:
   """`alias` names the preset `name` (its config says `model_name=alias`)."""
-  config = ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
+  config = get_model_config(name)
   config.model_name = alias
   MODEL_CONFIGS[alias] = config.lock()
   PRESET_MODEL_TYPES[alias] = PRESET_MODEL_TYPES[name]
+
+
+def tokenizer_config(**fields) -> ml_collections.ConfigDict:
+  """`model.tokenizer`: the fields of the 'cct' and 'conv_stem' tokenizers,
+  None where unset (their defaults, patch_embed.TOKENIZER_DEFAULTS; fields
+  the chosen tokenizer does not have must stay None). Not read by 'conv'
+  and 'spt'. Every field is there, so that `--config.model.tokenizer.layers`
+  and the like override them."""
+  config = ml_collections.ConfigDict(
+      {field: ml_collections.config_dict.placeholder(int)
+       for field in patch_embed.TOKENIZER_FIELDS})
+  config.update(fields)
+  return config
 
 
 def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
@@ -76,9 +90,7 @@ def vit_config(model_name: str, patch: int, hidden_size: int, mlp_dim: int,
   config.transformer.stochastic_depth = 0.0  # Last block's drop-path rate.
   config.transformer.attention = 'mhsa'  # Or 'lsa'.
   config.patch_embedding = 'conv'  # Or 'spt', 'cct', 'conv_stem'.
-  # The fields of the 'cct' and 'conv_stem' tokenizers (None: their
-  # defaults, patch_embed.TOKENIZER_DEFAULTS); not read by 'conv' and 'spt'.
-  config.tokenizer = None
+  config.tokenizer = tokenizer_config()
   config.posemb = 'learned'  # Or 'sincos2d'.
   config.transformer.qkv_bias = True  # False: CCT's q/k/v without biases.
   config.transformer.norm_placement = 'pre'  # Or 'cct' (CCT's block).
@@ -126,8 +138,8 @@ def cct_config(model_name: str, num_layers: int, num_heads: int,
   config.gelu = 'exact'  # torch's F.gelu.
   if kernel is not None:
     config.patch_embedding = 'cct'
-    config.tokenizer = ml_collections.ConfigDict(
-        {'layers': conv_layers, 'kernel': kernel, 'width': 64})
+    config.tokenizer = tokenizer_config(layers=conv_layers, kernel=kernel,
+                                        width=64)
     stride = patch_embed.token_stride('cct', config.tokenizer)
     config.patches.size = (stride, stride)
   return config
@@ -173,7 +185,7 @@ def staged_config(model_name: str, patch: int,
   config.stochastic_depth = 0.0  # Drop-path rate of the last block.
   config.attention = 'mhsa'  # Or 'lsa'.
   config.patch_embedding = 'conv'  # Or 'spt', 'cct', 'conv_stem'.
-  config.tokenizer = None  # The fields of 'cct' and 'conv_stem'.
+  config.tokenizer = tokenizer_config()
   config.posemb = 'learned'  # Or 'sincos2d'.
   config.gelu = 'tanh'
   config.qkv_bias = True  # False: CCT's q/k/v without biases.
@@ -229,11 +241,17 @@ def abstract_params(model: nn.Module, image_size: int, num_channels: int = 3):
 
 
 def get_model_config(name: str) -> ml_collections.ConfigDict:
-  """An unlocked copy of a preset, with a clear error for unknown names."""
+  """An unlocked copy of a preset, with a clear error for unknown names.
+
+  A deep copy keeps the typed placeholders (`attention_impl`, the
+  `tokenizer` fields), so that flags can still set them.
+  """
   if name not in MODEL_CONFIGS:
     raise errors.ConfigError(f'Unknown model {name!r}; known models: '
                      f'{", ".join(sorted(MODEL_CONFIGS))}.')
-  return ml_collections.ConfigDict(MODEL_CONFIGS[name].to_dict())
+  config = copy.deepcopy(MODEL_CONFIGS[name])
+  config.unlock()
+  return config
 
 
 # Only for tests.

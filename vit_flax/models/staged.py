@@ -12,12 +12,11 @@ of `vit.Encoder1DBlock`s of one width, joined by transitions:
   dense layer.
 
 Parameters: `embedding` (or `spt`, `tokenizer`, `conv_stem`), `cls` (and
-`dist`),
-`Transformer/posembed_input` (added once, before the first stage; none with
-`posemb='sincos2d'`), `Transformer/stage_{s}/transition/...` (stages
-s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official block
-names), `Transformer/encoder_norm`, `seqpool`, `pre_logits` and `head` (and
-`head_dist`). The small-data options of `vit.VisionTransformer`
+`dist`), `Transformer/posembed_input` (added once, before the first stage;
+none with `posemb='sincos2d'`), `Transformer/stage_{s}/transition/...`
+(stages s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official
+block names), `Transformer/encoder_norm`, `seqpool`, `pre_logits` and `head`
+(and `head_dist`). The small-data options of `vit.VisionTransformer`
 (`stochastic_depth`, rising over all blocks of all stages; `attention`;
 `patch_embedding` and `tokenizer`; `posemb`; `qkv_bias`; `norm_placement`;
 `classifier='token_distill'` or 'seqpool') are top-level fields here.
