@@ -114,8 +114,8 @@ def cct_config(model_name: str, num_layers: int, num_heads: int,
   `kernel=None`) the patchify conv of ViT-Lite (`classifier='token'`) and
   CVT ('seqpool') instead.
 
-  As SHI-Labs' Compact-Transformers: the tokenizer's convs have 64 channels
-  but the last (`tokenizer.width`); q/k/v projections without biases; SeqPool
+  As SHI-Labs' Compact-Transformers: 64 channels in the tokenizer's convs
+  before the last (`tokenizer.width`); q/k/v projections without biases; SeqPool
   after the final LayerNorm; learned position embeddings of exactly the
   grid's tokens (CCT-7/3x1: 16x16 at 32 px); attention dropout 0.1, no
   dropout, stochastic depth rising to 0.1; exact (erf) GELU. CCT's block
