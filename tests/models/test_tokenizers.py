@@ -16,7 +16,6 @@ from vit_flax.figures import drawing
 from vit_flax.figures import probe as probe_lib
 from vit_flax.models import patch_embed
 from vit_flax.models import presets
-from vit_flax.models import staged
 from vit_flax.models import stats
 from vit_flax.models import vit
 from vit_flax.training import loop
