@@ -14,6 +14,7 @@ from vit_flax.models import presets
 from vit_flax.training import loop
 
 from helpers import read_scalars
+from helpers import write_fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
@@ -59,6 +60,27 @@ def test_recipe_trains_on_mock_data(name, tmp_path):
   with tfds.testing.mock_data(num_examples=8):
     loop.train_and_evaluate(config, str(tmp_path))
   assert_loss_falls(tmp_path)
+
+
+@pytest.mark.slow  # CCT-7/3x1: 256 tokens of width 256, ~1 s a step here.
+def test_cct_cifar10_recipe_trains_on_mock_data(tmp_path):
+  config = importlib.import_module('configs.cct_cifar10').get_config()
+  config = short_run(config, steps=12)
+  assert config.model.model_name == 'CCT-7/3x1'
+  with tfds.testing.mock_data(num_examples=8):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert_loss_falls(tmp_path)
+
+
+@pytest.mark.slow  # 15-30 s each here, compilation included.
+@pytest.mark.parametrize('name', ['cct_fashion_mnist', 'hybrid_fashion_mnist'])
+def test_fashion_mnist_configs_train_on_idx_files(name, tmp_path):
+  write_fashion_mnist(tmp_path / 'data', 64, 16)
+  config = short_run(importlib.import_module(f'configs.{name}').get_config())
+  with config.unlocked():
+    config.tfds_manual_dir = str(tmp_path / 'data')
+  loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert_loss_falls(tmp_path / 'run')
 
 
 def test_tinyimagenet_recipe_trains_on_an_image_folder(tmp_path):

@@ -35,7 +35,7 @@ def preset_params():
   params = []
   for name in sorted(presets.MODEL_CONFIGS):
     model_type = presets.PRESET_MODEL_TYPES[name]
-    if model_type == 'resnet':
+    if model_type == 'resnet' or name in presets.ALIASES:
       continue
     hybrid = presets.MODEL_CONFIGS[name].get('resnet')
     params.append(pytest.param(name, marks=pytest.mark.slow) if hybrid
@@ -115,9 +115,13 @@ def test_every_preset_gives_sane_figures(name):
   assert_sane(results)
   assert results['model'] == name
   if config.model_type == 'vit' and not config.model.get('resnet'):
-    # The optimizer and the element-wise ops add a little to XLA's count.
     want = vit_train_flops(config, benchmark.SYNTHETIC_NUM_CLASSES)
-    assert want <= results['flops_per_image'] <= 1.3 * want
+    if config.model.get('patch_embedding') in ('cct', 'conv_stem'):
+      # Convolutional tokenizers (CCT) add their convs to the blocks'.
+      assert want < results['flops_per_image']
+    else:
+      # The optimizer and the element-wise ops add a little to XLA's count.
+      assert want <= results['flops_per_image'] <= 1.3 * want
 
 
 def test_model_flops_are_the_math_of_the_model_once():

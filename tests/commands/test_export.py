@@ -4,6 +4,7 @@ nothing."""
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -396,6 +397,69 @@ def test_staged_and_hybrid_models_are_errors_naming_the_feature():
   with pytest.raises(errors.UserError, match='hybrid ResNet root'):
     export.encode({}, hybrid, 'safetensors')
   assert set(export.encode(params, staged, 'npz')) == {None}  # npz: fine.
+
+
+def cct_config():
+  """A tiny CCT: conv tokenizer, SeqPool, q/k/v without biases, CCT's block."""
+  config = run_config(classifier='seqpool', patch_embedding='cct',
+                      tokenizer={'layers': 2, 'kernel': 3, 'width': 8})
+  config.model.transformer.qkv_bias = False
+  config.model.transformer.norm_placement = 'cct'
+  return config
+
+
+CCT_FEATURES = (
+    "model.patch_embedding='cct' (a conv tokenizer: CCT's tokenizer)",
+    "model.classifier='seqpool' (CCT's sequence pooling)",
+    'model.transformer.qkv_bias=False',
+    "model.transformer.norm_placement='cct'")
+
+
+@pytest.mark.parametrize('fmt', ['safetensors', 'hf'])
+def test_cct_models_are_refused_naming_each_feature(fmt):
+  config = cct_config()
+  params = random_params(config)
+  with pytest.raises(errors.UserError) as e:
+    export.encode(params, config, fmt)
+  message = str(e.value)
+  assert message.startswith(CCT_FEATURES[0])
+  for feature in CCT_FEATURES:
+    assert feature in message
+  assert message.endswith('Export it with --format=npz instead; vit_flax '
+                          'reads it.')
+  stem = run_config(patch_embedding='conv_stem')
+  with pytest.raises(errors.UserError, match=re.escape(
+      "model.patch_embedding='conv_stem' (a conv tokenizer: an "
+      'early-convolution stem) has no')):
+    export.encode(random_params(stem), stem, fmt)
+  # Each on its own is the one feature named.
+  alone = {'seqpool': run_config(classifier='seqpool'),
+           'qkv_bias=False': run_config(), 'norm_placement': run_config()}
+  alone['qkv_bias=False'].model.transformer.qkv_bias = False
+  alone['norm_placement'].model.transformer.norm_placement = 'cct'
+  for feature, config in alone.items():
+    features = pytorch_write.unexportable_features(
+        'vit', config.model, {'safetensors': 'timm', 'hf': 'hf'}[fmt])
+    assert len(features) == 1 and feature in features[0], features
+
+
+def test_cct_npz_prints_vit_flax_loading_code_that_works(tmp_path):
+  config = cct_config()
+  params = random_params(config)
+  out = tmp_path / 'model.npz'
+  export.write_atomically(out, export.encode(params, config, 'npz'))
+  code = export.loading_code(params, config, out, 'npz')
+  assert 'import timm' not in code and 'load_pretrained' not in code
+  namespace = {'images': IMAGES}
+  exec(code, namespace)  # pylint: disable=exec-used
+  np.testing.assert_allclose(np.asarray(namespace['logits']),
+                             logits(config, params), atol=1e-5, rtol=0)
+  assert pytorch_write.npz_readers('vit', config.model) == 'vit_flax reads it'
+  hybrid = run_config(patch=1)
+  hybrid.model.resnet = {'num_layers': (1,), 'width_factor': 0.5}
+  assert pytorch_write.vit_jax_builds('vit', hybrid.model)
+  hybrid.model.resnet['stem'] = 'cifar'
+  assert not pytorch_write.vit_jax_builds('vit', hybrid.model)
 
 
 def test_existing_output_is_an_error_unless_overwrite(tmp_path):

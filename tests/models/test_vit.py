@@ -576,6 +576,9 @@ def test_parameter_counts_match_the_paper(name, paper_count):
 
 def test_every_preset_builds():
   for name, config in presets.MODEL_CONFIGS.items():
+    if name in presets.ALIASES:  # The same config as the preset's.
+      assert config.model_name == name
+      continue
     model = presets.create_model(
         presets.PRESET_MODEL_TYPES[name], config, 10)
     shapes = jax.eval_shape(
@@ -587,6 +590,14 @@ def test_every_preset_builds():
 def test_unknown_preset_lists_known_ones():
   with pytest.raises(ValueError, match='ViT-B_16'):
     presets.get_model_config('ViT-Q_16')
+
+
+@pytest.mark.parametrize('alias', sorted(presets.ALIASES))
+def test_aliases_are_the_same_model_under_another_name(alias):
+  config = presets.get_model_config(alias)
+  assert config.model_name == alias
+  config.model_name = presets.ALIASES[alias]
+  assert config == presets.get_model_config(presets.ALIASES[alias])
 
 
 def test_reduced_preset_alias_is_the_same_model_under_its_old_name():

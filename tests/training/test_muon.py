@@ -49,6 +49,21 @@ LABEL_CASES = {
     'vit_spt_distill': ('vit', tiny_model_config(
         num_layers=1, classifier='token_distill', patch_embedding='spt',
         representation_size=8), 16, BLOCK_MATRICES + ['pre_logits/kernel']),
+    # CCT: the tokenizer's first conv reads the image, its second is a
+    # hidden conv; q/k/v without biases; SeqPool's score is a vector.
+    'cct': ('vit', tiny_model_config(
+        num_layers=1, classifier='seqpool', patch_embedding='cct',
+        tokenizer={'layers': 2, 'width': 8},
+        transformer={'mlp_dim': 32, 'num_heads': 2, 'num_layers': 1,
+                     'attention_dropout_rate': 0.0, 'dropout_rate': 0.0,
+                     'qkv_bias': False}), 16,
+            BLOCK_MATRICES + ['tokenizer/conv_1/kernel']),
+    # The early-convolution stem: its later convs and 1x1 projection.
+    'conv_stem': ('vit', tiny_model_config(
+        num_layers=1, classifier='gap', patch_embedding='conv_stem',
+        tokenizer={'layers': 2, 'width': 8, 'norm_groups': 4}), 16,
+                  BLOCK_MATRICES + ['conv_stem/conv_1/kernel',
+                                    'conv_stem/proj/kernel']),
     'resnet': ('resnet', presets.resnet_config(
         'tiny', (1,), width_factor=0.25, norm_groups=8), 16, RESNET_CONVS),
 }

@@ -25,7 +25,9 @@ import tensorflow as tf
 from vit_flax import errors
 from vit_flax.data import datasets
 from vit_flax.data import pipeline
+from vit_flax.models import patch_embed
 from vit_flax.models import presets
+from vit_flax.models import resnet as resnet_lib
 from vit_flax.models import vit
 from vit_flax.training import checkpointing
 from vit_flax.training import host
@@ -57,16 +59,20 @@ class InferenceModel:
 
 
 def pixels_per_patch(model_config) -> Optional[int]:
-  """Patch size times the stride of a hybrid's ResNet root, if known."""
+  """Patch size (or a conv tokenizer's stride) times the stride of a
+  hybrid's ResNet root, if known."""
   patches = model_config.get('patches')
-  if patches is None:
+  patch_embedding = model_config.get('patch_embedding', 'conv')
+  if patches is None and patch_embedding not in patch_embed.TOKENIZERS:
     return None
   stride = 1
   resnet = model_config.get('resnet')
   if resnet is not None:
-    # Strided 7x7 conv and max-pool, then stride 2 in each later stage.
-    stride = 4 * 2**(len(resnet['num_layers']) - 1)
-  return patches['size'][0] * stride
+    stride = resnet_lib.root_stride(resnet['num_layers'],
+                                    resnet.get('stem', 'imagenet'))
+  return stride * patch_embed.token_stride(
+      patch_embedding, model_config.get('tokenizer'),
+      None if patches is None else patches['size'])
 
 
 def native_image_size(model_config, params) -> Optional[int]:

@@ -18,9 +18,10 @@ from vit_flax.figures import drawing
 from vit_flax.models import vit
 from vit_flax.weights import npz
 
-# Top-level modules that embed patches: ViT's conv or Shifted Patch
-# Tokenization, and MLP-Mixer's `stem`.
-PATCH_EMBEDDINGS = ('embedding', 'spt', 'stem')
+# Top-level modules that embed patches: ViT's conv, Shifted Patch
+# Tokenization, the conv tokenizers (CCT's `tokenizer`, the early-convolution
+# `conv_stem`), and MLP-Mixer's `stem`.
+PATCH_EMBEDDINGS = ('embedding', 'spt', 'tokenizer', 'conv_stem', 'stem')
 
 
 # The model.
@@ -65,8 +66,8 @@ def probe(model, params, images) -> Probe:
   """One forward pass, keeping attention weights and patch embeddings.
 
   Models without attention (whose `__call__` takes no `sow_weights`) give an
-  empty `attentions`; those without a top-level patch embedding (`embedding`,
-  `spt`, or a Mixer's `stem`) give no `patch_embeddings`.
+  empty `attentions`; those without a top-level patch embedding (one of
+  `PATCH_EMBEDDINGS`) give no `patch_embeddings`.
   """
   kwargs = {}
   if 'sow_weights' in inspect.signature(model.__call__).parameters:
@@ -93,8 +94,8 @@ def image_figures(image: np.ndarray, probe_result: Probe, index: int,
   def activations():
     if probe_result.patch_embeddings is None:
       raise analysis.VisualizationError(
-          'The model has no top-level patch embedding (an `embedding`, '
-          '`spt` or `stem` module), so there are no patch-embedding '
+          'The model has no top-level patch embedding (one of '
+          f'{PATCH_EMBEDDINGS}), so there are no patch-embedding '
           'activations to show.')
     return drawing.embedding_activations_figure(
         image, probe_result.patch_embeddings[index])
@@ -134,10 +135,13 @@ def param_figures(params, classifier: str,
           'The model embeds patches with Shifted Patch Tokenization (spt): '
           'a LayerNorm of the patch and four shifted copies comes before '
           'its linear map, so the map has no RGB filters to show.')
-    kernel = _patch_embedding_params(params).get('kernel')
+    embedding = _patch_embedding_params(params)
+    # A conv tokenizer's filters that read the pixels: its first conv's.
+    kernel = embedding.get('conv_0', embedding).get('kernel')
     if kernel is None:
       raise analysis.VisualizationError(
-          'The model has no patch-embedding kernel (`embedding/kernel` or '
+          'The model has no patch-embedding kernel (`embedding/kernel`, '
+          '`tokenizer/conv_0/kernel`, `conv_stem/conv_0/kernel` or '
           '`stem/kernel`), so there are no embedding filters to show.')
     return drawing.patch_filters_figure(np.asarray(jax.device_get(kernel)))
 

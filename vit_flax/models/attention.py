@@ -156,6 +156,8 @@ class MultiHeadSelfAttention(nn.Module):
   three params (`query`, `key`, `value`), as in the released checkpoints.
   `attention_fn` takes what `nn.MultiHeadDotProductAttention` passes
   (`module=self` when sowing the weights, so they land where flax's do).
+  `qkv_bias=False` drops the query, key and value biases (CCT's and timm's
+  `qkv_bias=False`); the output projection keeps its bias.
   """
 
   num_heads: int
@@ -164,6 +166,7 @@ class MultiHeadSelfAttention(nn.Module):
   dropout_rate: float = 0.0
   broadcast_dropout: bool = False
   attention_fn: Callable = nn.dot_product_attention
+  qkv_bias: bool = True
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, sow_weights: bool = False):
@@ -178,16 +181,19 @@ class MultiHeadSelfAttention(nn.Module):
       # Each kernel initialised as flax's DenseGeneral does (same rngs).
       query, key, value = (
           nn.DenseGeneral(features=heads, dtype=self.dtype,
-                          kernel_init=self.kernel_init, name=name)(x)
+                          kernel_init=self.kernel_init,
+                          use_bias=self.qkv_bias, name=name)(x)
           for name in names)
     else:
       params = self.variables['params']
-      kernel = jnp.stack([params[name]['kernel'] for name in names], axis=1)
-      bias = jnp.stack([params[name]['bias'] for name in names])
-      x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                                dtype=self.dtype)
+      arrays = [jnp.stack([params[name]['kernel'] for name in names], axis=1)]
+      if self.qkv_bias:
+        arrays.append(jnp.stack([params[name]['bias'] for name in names]))
+      x, *arrays = nn.dtypes.promote_dtype(x, *arrays, dtype=self.dtype)
       with jax.named_scope('query_key_value'):  # For profiles' op names.
-        qkv = jnp.einsum('...c,cshd->...shd', x, kernel) + bias
+        qkv = jnp.einsum('...c,cshd->...shd', x, arrays[0])
+        if self.qkv_bias:
+          qkv = qkv + arrays[1]
       query, key, value = (qkv[..., i, :, :] for i in range(3))
     dropout_rng = None
     if self.dropout_rate > 0.0 and not deterministic:

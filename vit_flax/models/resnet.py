@@ -3,7 +3,9 @@
 The pieces are the root of hybrid ViTs (R50+ViT-B_16), with the names of the
 official hybrid checkpoints (`conv_root`, `gn_root`, `block{i}/unit{j}/conv1`,
 ...). `ResNet` is the same network as a classifier (ResNet-18/26/50 baselines),
-with those names plus a `head`.
+with those names plus a `head`. A hybrid's `model.resnet` takes the same
+choices as `ResNet` (`HYBRID_ROOT_DEFAULTS`), so a small root of convolution
+stages before the transformer blocks (CoAtNet's C-C-T) is one config.
 """
 
 from typing import Any, Optional, Sequence
@@ -19,6 +21,10 @@ STEMS = ('imagenet', 'cifar')
 # GroupNorm groups (nn.GroupNorm's default, as in BiT); widths must be
 # multiples of it.
 GN_GROUPS = 32
+# The fields of a hybrid ViT's `model.resnet` besides `num_layers`, with the
+# values of the official hybrids (R50+ViT-B_16, ...) as defaults.
+HYBRID_ROOT_DEFAULTS = {'width_factor': 1.0, 'stem': 'imagenet',
+                        'bottleneck': True, 'norm_groups': GN_GROUPS}
 
 
 def weight_standardize(kernel, axis, eps):
@@ -155,6 +161,56 @@ def resnet_root(x, num_layers, width_factor, dtype=jnp.float32,
   return x
 
 
+def check_root(num_layers, width_factor, stem, norm_groups,
+               prefix: str = 'ResNet ') -> None:
+  """Raises a ConfigError unless `resnet_root` can build these settings;
+  `prefix` names the fields ('ResNet ' or 'model.resnet.')."""
+  if stem not in STEMS:
+    raise errors.ConfigError(
+        f'Unknown {prefix}stem {stem!r}; expected one of {STEMS}.')
+  if not num_layers or min(num_layers) < 1:
+    raise errors.ConfigError(
+        f'{prefix}num_layers={tuple(num_layers or ())} must list at least '
+        'one stage, each with at least one unit, e.g. (2, 2, 2, 2).')
+  if isinstance(width_factor, bool) or not isinstance(width_factor,
+                                                      (int, float)):
+    raise errors.ConfigError(
+        f'{prefix}width_factor={width_factor!r} must be a number (the root '
+        'width is 64 * width_factor, e.g. 0.25 for 16 channels).')
+  width = int(64 * width_factor)
+  groups = norm_groups
+  if groups < 1 or width < groups or width % groups:
+    raise errors.ConfigError(
+        f'{prefix}width_factor={width_factor} gives a root width of '
+        f'{width}, which GroupNorm cannot split into norm_groups={groups} '
+        'groups; use a width_factor that makes 64 * width_factor a '
+        f'multiple of {groups} (e.g. {groups / 64:g}, {2 * groups / 64:g}), '
+        'or fewer norm_groups.')
+
+
+def hybrid_root_settings(resnet) -> dict:
+  """The keyword arguments of `resnet_root` for a hybrid's `model.resnet`
+  (`num_layers` and the `HYBRID_ROOT_DEFAULTS` it overrides), checked."""
+  fields = dict(resnet)
+  unknown = sorted(set(fields) - {'num_layers'} - set(HYBRID_ROOT_DEFAULTS))
+  if unknown or 'num_layers' not in fields:
+    raise errors.ConfigError(
+        f'model.resnet has the fields {sorted(fields)}; a hybrid root takes '
+        f"'num_layers' (units per stage) and any of "
+        f'{sorted(HYBRID_ROOT_DEFAULTS)} (defaults {HYBRID_ROOT_DEFAULTS}).')
+  settings = dict(HYBRID_ROOT_DEFAULTS, **fields)
+  settings['num_layers'] = tuple(settings['num_layers'])
+  check_root(settings['num_layers'], settings['width_factor'],
+             settings['stem'], settings['norm_groups'], 'model.resnet.')
+  return settings
+
+
+def root_stride(num_layers, stem: str = 'imagenet') -> int:
+  """Pixels per feature-map position after `resnet_root`: the stem's 4
+  ('imagenet') or 1 ('cifar'), then 2 per stage after the first."""
+  return (4 if stem == 'imagenet' else 1) * 2**(len(num_layers) - 1)
+
+
 class ResNet(nn.Module):
   """A BiT-style ResNet classifier; `ResNet(num_classes=n, **config.model)`.
 
@@ -177,22 +233,8 @@ class ResNet(nn.Module):
   norm_groups: int = GN_GROUPS
 
   def check_config(self):
-    if self.stem not in STEMS:
-      raise errors.ConfigError(
-          f'Unknown ResNet stem {self.stem!r}; expected one of {STEMS}.')
-    if not self.num_layers or min(self.num_layers) < 1:
-      raise errors.ConfigError(
-          f'ResNet num_layers={tuple(self.num_layers)} must list at least one '
-          'stage, each with at least one unit, e.g. (2, 2, 2, 2).')
-    width = int(64 * self.width_factor)
-    groups = self.norm_groups
-    if groups < 1 or width < groups or width % groups:
-      raise errors.ConfigError(
-          f'ResNet width_factor={self.width_factor} gives a root width of '
-          f'{width}, which GroupNorm cannot split into norm_groups={groups} '
-          'groups; use a width_factor that makes 64 * width_factor a '
-          f'multiple of {groups} (e.g. {groups / 64:g}, {2 * groups / 64:g}), '
-          'or fewer norm_groups.')
+    check_root(self.num_layers, self.width_factor, self.stem,
+               self.norm_groups)
 
   @nn.compact
   def __call__(self, inputs, *, train):

@@ -11,15 +11,15 @@ of `vit.Encoder1DBlock`s of one width, joined by transitions:
   this one), halving each side of the grid; the class token goes through a
   dense layer.
 
-Parameters: `embedding` (or `spt`), `cls` (and `dist`),
-`Transformer/posembed_input` (added once, before the first stage; none with
-`posemb='sincos2d'`), `Transformer/stage_{s}/transition/...` (stages
-s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official block
-names), `Transformer/encoder_norm`, `pre_logits` and `head` (and
-`head_dist`). The small-data options of `vit.VisionTransformer`
+Parameters: `embedding` (or `spt`, `tokenizer`, `conv_stem`), `cls` (and
+`dist`), `Transformer/posembed_input` (added once, before the first stage;
+none with `posemb='sincos2d'`), `Transformer/stage_{s}/transition/...`
+(stages s >= 1), `Transformer/stage_{s}/encoderblock_{i}/...` (the official
+block names), `Transformer/encoder_norm`, `seqpool`, `pre_logits` and `head`
+(and `head_dist`). The small-data options of `vit.VisionTransformer`
 (`stochastic_depth`, rising over all blocks of all stages; `attention`;
-`patch_embedding`; `posemb`; `classifier='token_distill'`) are top-level
-fields here.
+`patch_embedding` and `tokenizer`; `posemb`; `qkv_bias`; `norm_placement`;
+`classifier='token_distill'` or 'seqpool') are top-level fields here.
 """
 
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -40,7 +40,7 @@ Array = Any
 GridShape = Tuple[int, int]
 
 TRANSITIONS = ('linear', 'pool')
-CLASSIFIERS = ('token', 'gap', 'token_distill')
+CLASSIFIERS = ('token', 'gap', 'token_distill', 'seqpool')
 STAGE_FIELDS = ('num_layers', 'hidden_size', 'num_heads', 'mlp_dim')
 
 
@@ -150,6 +150,8 @@ class Stage(nn.Module):
   drop_path_rates: Sequence[float] = ()  # Per block; none: 0.
   attention: str = 'mhsa'
   gelu: str = 'tanh'
+  qkv_bias: bool = True
+  norm_placement: str = 'pre'
 
   @nn.compact
   def __call__(self, x, *, train: bool, input_grid_shape: GridShape,
@@ -173,6 +175,8 @@ class Stage(nn.Module):
                           else 0.0),
           attention=self.attention,
           gelu=self.gelu,
+          qkv_bias=self.qkv_bias,
+          norm_placement=self.norm_placement,
           name=f'encoderblock_{i}')(x, not train, grid_shape, sow_weights)
     return x
 
@@ -192,6 +196,8 @@ class StagedEncoder(nn.Module):
   attention: str = 'mhsa'
   posemb: str = 'learned'
   gelu: str = 'tanh'
+  qkv_bias: bool = True
+  norm_placement: str = 'pre'
 
   @nn.compact
   def __call__(self, x, *, train: bool, grid_shape: GridShape,
@@ -222,6 +228,8 @@ class StagedEncoder(nn.Module):
           drop_path_rates=rates[first:first + stage['num_layers']],
           attention=self.attention,
           gelu=self.gelu,
+          qkv_bias=self.qkv_bias,
+          norm_placement=self.norm_placement,
           name=f'stage_{s}')(x, train=train,
                              input_grid_shape=grids[max(s - 1, 0)],
                              grid_shape=grids[s], sow_weights=sow_weights)
@@ -255,6 +263,9 @@ class StagedVisionTransformer(nn.Module):
   patch_embedding: str = 'conv'
   posemb: str = 'learned'
   gelu: str = 'tanh'
+  tokenizer: Optional[Any] = None
+  qkv_bias: bool = True
+  norm_placement: str = 'pre'
 
   def check_config(self):
     check_stages(self.stages, self.transition)
@@ -270,15 +281,17 @@ class StagedVisionTransformer(nn.Module):
         prefix='model.', patch_embedding=self.patch_embedding,
         posemb=self.posemb, attention=self.attention,
         attention_impl=self.attention_impl,
-        stochastic_depth=self.stochastic_depth)
+        stochastic_depth=self.stochastic_depth, tokenizer=self.tokenizer,
+        qkv_bias=self.qkv_bias, norm_placement=self.norm_placement)
     if self.posemb == 'sincos2d':  # Checks the first stage's width.
       posemb_lib.posemb_sincos_2d((1, 1), self.stages[0]['hidden_size'])
     mlp.check_gelu(self.gelu)
 
   def grid_shapes(self, image_shape: Tuple[int, int]) -> List[GridShape]:
     """The patch grid of each stage for images of `image_shape` (h, w)."""
-    patch = tuple(self.patches['size'])
-    first = (image_shape[0] // patch[0], image_shape[1] // patch[1])
+    first = patch_embed.token_grid(image_shape, self.patch_embedding,
+                                   (self.patches or {}).get('size'),
+                                   self.tokenizer)
     return stage_grid_shapes(first, len(self.stages), self.transition)
 
   @property
@@ -292,11 +305,11 @@ class StagedVisionTransformer(nn.Module):
     vit.check_distill_outputs(self.classifier, distill_outputs)
     dtype = jnp.dtype(self.dtype)
     x = patch_embed.embed_patches(inputs.astype(dtype),
-                                  self.patches['size'],
-                                  self.stages[0]['hidden_size'],
-                                  dtype,
+                                  (self.patches or {}).get('size'),
+                                  self.stages[0]['hidden_size'], dtype,
                                   image_shape=inputs.shape[1:3],
-                                  patch_embedding=self.patch_embedding)
+                                  patch_embedding=self.patch_embedding,
+                                  tokenizer=self.tokenizer)
     n, h, w, c = x.shape
     x = jnp.reshape(x, [n, h * w, c])
     x = vit.add_prefix_tokens(self, x, self.classifier, dtype)
@@ -307,6 +320,7 @@ class StagedVisionTransformer(nn.Module):
         locality=self.locality, attention_impl=self.attention_impl,
         remat=self.remat, stochastic_depth=self.stochastic_depth,
         attention=self.attention, posemb=self.posemb, gelu=self.gelu,
+        qkv_bias=self.qkv_bias, norm_placement=self.norm_placement,
         name='Transformer')(
             x, train=train, grid_shape=(h, w), sow_weights=sow_weights)
     return vit.classifier_head(x, self.classifier, self.representation_size,

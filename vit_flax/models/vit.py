@@ -12,7 +12,12 @@ drop-path, arXiv 2012.12877), `patch_embedding='spt'` and
 `transformer.attention='lsa'` (Shifted Patch Tokenization and Locality
 Self-Attention, arXiv 2112.13492), `posemb='sincos2d'` (fixed 2-D sin-cos
 position embeddings, as big_vision) and `classifier='token_distill'`
-(DeiT's distillation token and head).
+(DeiT's distillation token and head). From CCT (arXiv 2104.05704) and the
+early-convolution ViT (arXiv 2106.14881): conv tokenizers
+(`patch_embedding='cct'` or 'conv_stem' with `tokenizer`, see
+`patch_embed`), `classifier='seqpool'` (`SeqPool`),
+`transformer.qkv_bias=False` and `transformer.norm_placement='cct'`; and a
+hybrid root of any size (`resnet` takes `resnet.HYBRID_ROOT_DEFAULTS`).
 """
 
 import functools
@@ -20,6 +25,7 @@ import math
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_flax import errors
@@ -34,7 +40,13 @@ GridShape = Optional[Tuple[int, int]]
 Dtype = Any
 
 
-CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled', 'token_distill')
+CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled', 'token_distill',
+               'seqpool')
+# Where a block's LayerNorms sit: 'pre' (ViT: x + MHSA(LN(x)), then
+# x + MLP(LN(x))) or 'cct' (CCT's block: the MLP's residual adds to the
+# normalised stream, x' = LN(x + MHSA(LN(x))), then x' + MLP(x')). Same
+# params, same names.
+NORM_PLACEMENTS = ('pre', 'cct')
 # Tokens ahead of the patch grid: the class token `cls`, then DeiT's
 # distillation token `dist`; other classifiers have none.
 PREFIX_TOKENS = {'token': 1, 'token_unpooled': 1, 'token_distill': 2}
@@ -66,16 +78,29 @@ def check_choice(field: str, value, choices) -> None:
 def check_small_data_options(*, prefix: str, patch_embedding: str,
                              posemb: str, attention: str,
                              attention_impl: Optional[str],
-                             stochastic_depth: float) -> None:
+                             stochastic_depth: float,
+                             tokenizer: Optional[Any] = None,
+                             qkv_bias: bool = True,
+                             norm_placement: str = 'pre') -> None:
   """Raises a ConfigError on a bad value of the small-data options.
 
   `prefix` is where the fields live ('model.' or 'model.transformer.'), so
   the error names them as the config does.
   """
-  check_choice('model.patch_embedding', patch_embedding,
-               patch_embed.PATCH_EMBEDDINGS)
+  if patch_embedding not in patch_embed.PATCH_EMBEDDINGS:
+    raise errors.ConfigError(
+        f'Unknown model.patch_embedding={patch_embedding!r}; expected one of '
+        f'{patch_embed.PATCHIFIERS} (patches of model.patches.size) or a '
+        f'conv tokenizer, one of {patch_embed.TOKENIZERS} (configured by '
+        'model.tokenizer).')
+  patch_embed.tokenizer_settings(patch_embedding, tokenizer)
   check_choice('model.posemb', posemb, posemb_lib.POSEMBS)
   check_choice(f'{prefix}attention', attention, attention_lib.ATTENTIONS)
+  check_choice(f'{prefix}norm_placement', norm_placement, NORM_PLACEMENTS)
+  if not isinstance(qkv_bias, bool):
+    raise errors.ConfigError(
+        f'{prefix}qkv_bias={qkv_bias!r} must be True (query, key and value '
+        'projections with biases, as ViT) or False (without, as CCT).')
   if not 0.0 <= stochastic_depth < 1.0:
     raise errors.ConfigError(
         f'{prefix}stochastic_depth={stochastic_depth} must be in [0, 1): it '
@@ -102,6 +127,8 @@ class Encoder1DBlock(nn.Module):
   `drop_path_rate`: stochastic depth, each residual branch of an example
   dropped with this probability in training. `attention='lsa'`: Locality
   Self-Attention, with the block's learned `lsa_temperature`.
+  `qkv_bias=False`: no query/key/value biases. `norm_placement='cct'`: CCT's
+  block, whose MLP residual adds to LN(x) instead of x (`NORM_PLACEMENTS`).
   """
 
   mlp_dim: int
@@ -115,6 +142,8 @@ class Encoder1DBlock(nn.Module):
   attention: str = 'mhsa'
   gelu: str = 'tanh'
   layer_norm_eps: Optional[float] = None  # None: flax's 1e-6 (official).
+  qkv_bias: bool = True
+  norm_placement: str = 'pre'
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool, grid_shape: GridShape = None,
@@ -144,23 +173,25 @@ class Encoder1DBlock(nn.Module):
         dtype=self.dtype,
         dropout_rate=self.attention_dropout_rate,
         attention_fn=attention_fn,
+        qkv_bias=self.qkv_bias,
         name='MultiHeadDotProductAttention_1')(
             x, deterministic=deterministic, sow_weights=sow_weights)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = drop_path.DropPath(self.drop_path_rate)(x, deterministic)
     x = x + inputs
 
-    y = layer_norm(name='LayerNorm_2')(x)
+    normed = layer_norm(name='LayerNorm_2')(x)
     y = mlp.MlpBlock(mlp_dim=self.mlp_dim,
                      dtype=self.dtype,
                      dropout_rate=self.dropout_rate,
                      locality=self.locality,
                      gelu=self.gelu,
-                     name='MlpBlock_3')(y,
+                     name='MlpBlock_3')(normed,
                                         deterministic=deterministic,
                                         grid_shape=grid_shape)
     y = drop_path.DropPath(self.drop_path_rate)(y, deterministic)
-    return x + y
+    # CCT's block: `src = norm1(src)` replaces the stream before the MLP.
+    return (normed if self.norm_placement == 'cct' else x) + y
 
   def locality_attention_fn(self, inputs, sow_weights: bool):
     """`attention.locality_attention` with this block's temperature."""
@@ -184,7 +215,8 @@ class Encoder(nn.Module):
   """Position embeddings, `num_layers` blocks and the final LayerNorm.
 
   `stochastic_depth` is the last block's drop-path rate (`drop_path_rates`);
-  `posemb` 'learned' (`posembed_input`) or 'sincos2d' (fixed, no params).
+  `posemb` 'learned' (`posembed_input`) or 'sincos2d' (fixed, no params);
+  `qkv_bias` and `norm_placement` go to every block (`Encoder1DBlock`).
   """
 
   num_layers: int
@@ -202,6 +234,8 @@ class Encoder(nn.Module):
   posemb: str = 'learned'
   gelu: str = 'tanh'
   layer_norm_eps: Optional[float] = None
+  qkv_bias: bool = True
+  norm_placement: str = 'pre'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: GridShape = None,
@@ -233,6 +267,8 @@ class Encoder(nn.Module):
           attention=self.attention,
           gelu=self.gelu,
           layer_norm_eps=self.layer_norm_eps,
+          qkv_bias=self.qkv_bias,
+          norm_placement=self.norm_placement,
           name=f'encoderblock_{lyr}')(x, not train, grid_shape, sow_weights)
     return nn.LayerNorm(dtype=self.dtype,
                         epsilon=layer_norm_epsilon(self.layer_norm_eps),
@@ -252,7 +288,32 @@ def add_prefix_tokens(module: nn.Module, x, classifier: str, dtype):
   return jnp.concatenate(tokens + [x], 1)
 
 
+class SeqPool(nn.Module):
+  """Sequence pooling (CCT, arXiv 2104.05704): a learned score per token
+  (`score`, Dense(1) with bias), softmax over the tokens, and the tokens'
+  mean weighted by it. (b, n, c) in, (b, c) out."""
+
+  def setup(self):
+    # CCT initialises its linear layers with std 0.02 (truncated at +-100
+    # std: in effect a normal).
+    self.score = nn.Dense(1, kernel_init=nn.initializers.normal(0.02))
+
+  def token_weights(self, x):
+    """(b, n) weights of the tokens: each row sums to 1."""
+    return jax.nn.softmax(self.score(x)[..., 0], axis=-1)
+
+  def __call__(self, x):
+    return jnp.einsum('bn,bnc->bc', self.token_weights(x), x)
+
+
 def check_distill_outputs(classifier: str, distill_outputs: bool) -> None:
+  if distill_outputs and classifier == 'seqpool':
+    raise errors.ConfigError(
+        "distill_outputs=True asks for the logits of a distillation head, "
+        "but classifier='seqpool' pools every token into one vector for its "
+        'one head: there is no distillation token. Distil into that head '
+        "(config.distill, without distill_outputs) or use "
+        "classifier='token_distill'.")
   if distill_outputs and classifier != 'token_distill':
     raise errors.ConfigError(
         f'distill_outputs=True asks for the class and distillation logits, '
@@ -264,6 +325,9 @@ def classifier_head(x, classifier: str, representation_size: Optional[int],
                     num_classes: int, head_bias_init: float,
                     distill_outputs: bool = False):
   """Pools the encoder output, then 'pre_logits' and the 'head' layer.
+
+  'seqpool' pools with `SeqPool` (params `seqpool/score`): CCT's order,
+  after the encoder's final LayerNorm of every token.
 
   With 'token_distill', `head` reads the class token and `head_dist` the
   distillation token (one `pre_logits` for both); the result is the mean of
@@ -277,6 +341,9 @@ def classifier_head(x, classifier: str, representation_size: Optional[int],
     x = x[:, :2]
   elif classifier == 'gap':
     x = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+  elif classifier == 'seqpool':
+    # In float32, as the logits: the softmax over the tokens included.
+    x = SeqPool(name='seqpool')(x.astype(jnp.float32))
   # The logits are computed in float32 whatever the compute dtype.
   x = x.astype(jnp.float32)
   if representation_size is not None:
@@ -301,6 +368,12 @@ class VisionTransformer(nn.Module):
   whose width changes between groups of blocks. `__call__` returns the
   logits; with `classifier='token_distill'` and `distill_outputs=True`, the
   pair (class-token logits, distillation-token logits).
+
+  `patch_embedding='cct'` or 'conv_stem' embeds with a conv tokenizer
+  configured by `tokenizer` (`patch_embed.TOKENIZER_DEFAULTS`), which then
+  sets the grid (`patches` is not read). `resnet` (a hybrid root) holds
+  `num_layers` and any of `resnet.HYBRID_ROOT_DEFAULTS` ('width_factor',
+  'stem', 'bottleneck', 'norm_groups').
   """
 
   num_classes: int
@@ -321,6 +394,7 @@ class VisionTransformer(nn.Module):
   posemb: str = 'learned'
   gelu: str = 'tanh'
   layer_norm_eps: Optional[float] = None
+  tokenizer: Optional[Any] = None
 
   def setup_checks(self):
     if self.classifier not in CLASSIFIERS:
@@ -336,23 +410,29 @@ class VisionTransformer(nn.Module):
         prefix='model.transformer.', patch_embedding=self.patch_embedding,
         posemb=self.posemb, attention=transformer.get('attention', 'mhsa'),
         attention_impl=self.attention_impl,
-        stochastic_depth=transformer.get('stochastic_depth', 0.0))
+        stochastic_depth=transformer.get('stochastic_depth', 0.0),
+        tokenizer=self.tokenizer,
+        qkv_bias=transformer.get('qkv_bias', True),
+        norm_placement=transformer.get('norm_placement', 'pre'))
     if self.posemb == 'sincos2d':
       posemb_lib.posemb_sincos_2d((1, 1), self.hidden_size)  # Checks the width.
     mlp.check_gelu(self.gelu)
+    if self.resnet is not None:
+      resnet_lib.hybrid_root_settings(self.resnet)
 
   def embed(self, inputs, dtype):
     """(Hybrid root and) patch embedding: images to a grid of embeddings."""
     x = inputs.astype(dtype)
     if self.resnet is not None:
-      x = resnet_lib.resnet_root(x, self.resnet['num_layers'],
-                                 self.resnet['width_factor'], dtype)
+      x = resnet_lib.resnet_root(
+          x, dtype=dtype, **resnet_lib.hybrid_root_settings(self.resnet))
     return patch_embed.embed_patches(x,
-                                     self.patches['size'],
+                                     (self.patches or {}).get('size'),
                                      self.hidden_size,
                                      dtype,
                                      image_shape=inputs.shape[1:3],
-                                     patch_embedding=self.patch_embedding)
+                                     patch_embedding=self.patch_embedding,
+                                     tokenizer=self.tokenizer)
 
   @nn.compact
   def __call__(self, inputs, *, train, sow_weights: bool = False,

@@ -61,6 +61,9 @@ def weight_decay_mask(params):
 # shifted-patch tokenizer, the Mixer's stem, the ResNet root conv, the heads.
 MUON_EXCLUDED_LAYERS = ('embedding', 'spt', 'stem', 'conv_root', 'head',
                         'head_dist')
+# The first conv of the convolutional tokenizers reads the image too; their
+# later convs are hidden layers.
+MUON_EXCLUDED_PATHS = (('tokenizer', 'conv_0'), ('conv_stem', 'conv_0'))
 # Attention's DenseGeneral kernels: q/k/v (width, heads, head_dim) read the
 # width; out (heads, head_dim, width) reads every head's output.
 _ATTENTION_INPUTS = ('query', 'key', 'value')
@@ -82,7 +85,7 @@ def muon_dimension_numbers(path: Sequence[str], shape: Tuple[int, ...],
   norms, position embeddings, class tokens, depthwise conv kernels (in = 1:
   a k x k filter per channel, no matrix to orthogonalise), matrices of one
   row or column (vectors, e.g. a pooling score), and the layers of
-  `MUON_EXCLUDED_LAYERS`.
+  `MUON_EXCLUDED_LAYERS` and `MUON_EXCLUDED_PATHS`.
 
   Args:
     path: the param's keys in the param tree, e.g. ('Transformer',
@@ -91,7 +94,9 @@ def muon_dimension_numbers(path: Sequence[str], shape: Tuple[int, ...],
     conv_kernels: whether conv kernels get Muon.
   """
   if path[-1] != 'kernel' or any(name in MUON_EXCLUDED_LAYERS
-                                 for name in path):
+                                 for name in path) or any(
+                                     tuple(path[:len(prefix)]) == prefix
+                                     for prefix in MUON_EXCLUDED_PATHS):
     return None
   layer = path[-2] if len(path) > 1 else ''
   if len(shape) == 2:

@@ -9,6 +9,7 @@ import numpy as np
 import safetensors.numpy
 
 from vit_flax.models import posemb as posemb_lib
+from vit_flax.models import resnet as resnet_lib
 from vit_flax.models import vit
 from vit_flax.weights import npz
 from vit_flax.weights import pytorch_layout
@@ -56,9 +57,23 @@ def unexportable_features(
     features.append('model.resnet (a hybrid ResNet root)')
   if model_config.get('locality'):
     features.append('model.locality=True (a depthwise conv in every MLP)')
-  if model_config.get('patch_embedding', 'conv') == 'spt':
+  patch_embedding = model_config.get('patch_embedding', 'conv')
+  if patch_embedding == 'spt':
     features.append("model.patch_embedding='spt' (Shifted Patch "
                     'Tokenization)')
+  elif patch_embedding in ('cct', 'conv_stem'):
+    what = {'cct': "CCT's tokenizer", 'conv_stem': 'an early-convolution stem'}
+    features.append(f'model.patch_embedding={patch_embedding!r} (a conv '
+                    f'tokenizer: {what[patch_embedding]})')
+  if model_config.get('classifier', 'token') == 'seqpool':
+    features.append("model.classifier='seqpool' (CCT's sequence pooling)")
+  if not transformer.get('qkv_bias', True):
+    features.append('model.transformer.qkv_bias=False (query, key and value '
+                    'projections without biases)')
+  if transformer.get('norm_placement', 'pre') != 'pre':
+    features.append(f'model.transformer.norm_placement='
+                    f"{transformer['norm_placement']!r} (CCT's block, whose "
+                    'MLP residual adds to the normalised stream)')
   if transformer.get('attention', 'mhsa') == 'lsa':
     features.append("model.transformer.attention='lsa' (Locality "
                     'Self-Attention: a learned temperature and a masked '
@@ -69,7 +84,7 @@ def unexportable_features(
                     f'layer, which {target} ViTs do not have)')
   if fmt == 'hf':
     classifier = model_config.get('classifier', 'token')
-    if classifier not in ('token', 'token_distill'):
+    if classifier not in ('token', 'token_distill', 'seqpool'):
       features.append(f'model.classifier={classifier!r} (transformers ViTs '
                       'classify the class token, DeiTs also the distillation '
                       'token)')
@@ -84,8 +99,16 @@ def unexportable_features(
 def vit_jax_builds(model_type: str, model_config: Mapping[str, Any]) -> bool:
   """Whether vit_jax builds this model (and so computes it from an npz):
   a plain ViT with conv patches, learned position embeddings, a token / gap
-  / unpooled classifier, standard attention, tanh GELU and no locality."""
+  / unpooled classifier, standard attention with q/k/v biases and pre-LN
+  blocks, tanh GELU and no locality; a hybrid root of any width but with
+  vit_jax's stem, bottleneck units and GroupNorm groups."""
   transformer = model_config.get('transformer') or {}
+  resnet = model_config.get('resnet')
+  if resnet is not None and any(
+      resnet.get(field, resnet_lib.HYBRID_ROOT_DEFAULTS[field]) !=
+      resnet_lib.HYBRID_ROOT_DEFAULTS[field]
+      for field in ('stem', 'bottleneck', 'norm_groups')):
+    return False
   return (model_type == 'vit' and
           not model_config.get('locality') and
           model_config.get('patch_embedding', 'conv') == 'conv' and
@@ -93,6 +116,8 @@ def vit_jax_builds(model_type: str, model_config: Mapping[str, Any]) -> bool:
           model_config.get('classifier', 'token') in (
               'token', 'gap', 'unpooled', 'token_unpooled') and
           transformer.get('attention', 'mhsa') == 'mhsa' and
+          transformer.get('qkv_bias', True) and
+          transformer.get('norm_placement', 'pre') == 'pre' and
           model_config.get('gelu', 'tanh') == 'tanh')
 
 
