@@ -133,16 +133,42 @@ def _static(**kwargs):
   return flax.struct.field(pytree_node=False, **kwargs)
 
 
+def epochs_of_step(step: int, per_group: int, size: int) -> Tuple[int, int]:
+  """(first, last) epoch that the batch of `step` draws examples from."""
+  return (step * per_group) // size, ((step + 1) * per_group - 1) // size
+
+
+def epoch_orders(seed: int, first_epoch: jax.Array, num_epochs: int,
+                 num_groups: int, size: int) -> jax.Array:
+  """(num_epochs, num_groups, size) int32: the order of each group's
+  examples in epochs first_epoch, first_epoch + 1, ...: permutations keyed
+  by (seed, epoch, group)."""
+  key = jax.random.fold_in(jax.random.key(seed), PERMUTATION_KEY)
+
+  def order(epoch, group):
+    epoch_key = jax.random.fold_in(jax.random.fold_in(key, epoch), group)
+    return jax.random.permutation(epoch_key, size).astype(jnp.int32)
+
+  epochs = first_epoch + jnp.arange(num_epochs, dtype=jnp.int32)
+  groups = jnp.arange(num_groups, dtype=jnp.int32)
+  return jax.vmap(lambda e: jax.vmap(lambda g: order(e, g))(groups))(epochs)
+
+
 @flax.struct.dataclass
 class TrainData:
   """The train split on the devices and how a step's batch is made of it.
 
   `images` (G, n, h, w, c) uint8 and `labels` (G, n) int32: G groups
   (1 when replicated, every device when sharded) of n examples each. Group
-  g's part of a step's batch comes from its own examples only.
+  g's part of a step's batch comes from its own examples only, in the
+  order of `orders` (epoch_orders of epochs first_epoch, ...; computed
+  once per epoch, not per step: a sort of n keys costs more than a small
+  model's step on a CPU).
   """
   images: jax.Array
   labels: jax.Array
+  orders: jax.Array
+  first_epoch: jax.Array
   seed: int = _static()
   batch: int = _static()  # Global: every group's part together.
   image_size: int = _static()  # This phase's (resolution curricula).
@@ -150,12 +176,9 @@ class TrainData:
   erase_probability: float = _static()
   batch_sharding: Any = _static()
 
-  @property
-  def num_groups(self) -> int:
-    return self.labels.shape[0]
-
   def indices_at(self, step: jax.Array) -> jax.Array:
-    """(G, batch / G) int32: each group's examples in the batch of `step`."""
+    """(G, batch / G) int32: each group's examples in the batch of `step`
+    (whose epochs `orders` must hold)."""
     groups, size = self.labels.shape
     per_group = self.batch // groups
     # Stream position step * per_group, as epoch * size + offset without
@@ -164,22 +187,11 @@ class TrainData:
     step = jnp.asarray(step, jnp.int32)
     laps, rest = jnp.divmod(step, size)
     epoch, offset = jnp.divmod(rest * per_group, size)
-    epoch += laps * per_group
+    epoch += laps * per_group - self.first_epoch
     positions = offset + jnp.arange(per_group, dtype=jnp.int32)
-    # Epochs epoch, epoch + 1, ... that this batch reaches into.
-    num_epochs = (per_group - 1) // size + 2
-    key = jax.random.fold_in(jax.random.key(self.seed), PERMUTATION_KEY)
-
-    def group_indices(group):
-      def permutation(epoch_index):
-        epoch_key = jax.random.fold_in(jax.random.fold_in(key, epoch_index),
-                                       group)
-        return jax.random.permutation(epoch_key, size).astype(jnp.int32)
-
-      orders = jax.vmap(permutation)(epoch + jnp.arange(num_epochs))
-      return orders[positions // size, positions % size]
-
-    return jax.vmap(group_indices)(jnp.arange(groups))
+    orders = jnp.swapaxes(self.orders, 0, 1)  # (G, epochs, n)
+    return jax.vmap(lambda o: o[epoch + positions // size, positions % size])(
+        orders)
 
   def batch_at(self, step: jax.Array) -> Dict[str, jax.Array]:
     """{'image': float32 (batch, size, size, 3), 'label'} of `step`,
@@ -199,9 +211,6 @@ class TrainData:
                                           self.augment,
                                           self.erase_probability)
     return {'image': constrain(images), 'label': labels}
-
-  def image_shape(self) -> Tuple[int, int, int, int]:
-    return (self.batch, self.image_size, self.image_size, 3)
 
 
 @flax.struct.dataclass
@@ -379,25 +388,54 @@ class DevicePipeline:
         return phase.image_size
     return self.phases[-1].image_size
 
-  def train_data(self, image_size: int) -> TrainData:
+  def _epochs_window(self, step: int, window=None):
+    """(first epoch, its orders, first epoch on the devices): `window` when
+    its epochs hold the batch of `step`, else the epochs from the batch's
+    first on, computed on the devices (laid out as the examples)."""
+    _, size = self._train[1].shape
+    per_group = self.config.batch // self.num_groups
+    num_epochs = (per_group - 1) // size + 2
+    first, last = epochs_of_step(step, per_group, size)
+    if window is not None and window[0] <= first and (
+        last < window[0] + num_epochs):
+      return window
+    if self.layout == 'replicated':
+      sharding = NamedSharding(self.mesh, P())
+    else:
+      sharding = NamedSharding(self.mesh, P(None, *self.batch_sharding.spec))
+    orders = jax.jit(epoch_orders, static_argnums=(0, 2, 3, 4),
+                     out_shardings=sharding)(
+                         self.config.seed, jnp.int32(first), num_epochs,
+                         self.num_groups, size)
+    return first, orders, jnp.int32(first)
+
+  def train_data(self, step: int, image_size: int,
+                 window=None) -> Tuple[TrainData, Any]:
+    """(what the train step takes at `step`, the epochs' window): the
+    arrays, the orders of the epochs the step reaches into (`window`'s
+    when they hold them) and the phase's image size."""
+    window = self._epochs_window(step, window)
     images, labels = self._train
     return TrainData(
-        images=images, labels=labels, seed=self.config.seed,
+        images=images, labels=labels, orders=window[1],
+        first_epoch=window[2], seed=self.config.seed,
         batch=self.config.batch, image_size=image_size,
         augment=self.augment, erase_probability=self.erase_probability,
-        batch_sharding=self.batch_sharding)
+        batch_sharding=self.batch_sharding), window
 
   def train_batches(self, start_step: int = 0) -> Iterator[TrainData]:
     """What the train step takes for steps start_step, start_step + 1, ...
-    up to total_steps: the same arrays, at each phase's image size."""
+    up to total_steps: the same arrays, the orders of the epochs each step
+    reaches into, and each phase's image size."""
+    window = None
     for phase in self.phases:
       if phase.end_step <= start_step:
         continue
       logging.info('Train input (on the devices): steps %d-%d at %dpx.',
                    max(start_step, phase.start_step), phase.end_step,
                    phase.image_size)
-      data = self.train_data(phase.image_size)
-      for _ in range(max(start_step, phase.start_step), phase.end_step):
+      for step in range(max(start_step, phase.start_step), phase.end_step):
+        data, window = self.train_data(step, phase.image_size, window)
         yield data
 
   def eval_batches(self) -> Iterator[EvalData]:

@@ -68,6 +68,15 @@ def pad_crop(rng: jax.Array, images: jax.Array, pad: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
+def random_bytes(rng: jax.Array, shape) -> jax.Array:
+  """Uniform uint8 noise of `shape`: four bytes of each 32-bit draw, a
+  tenth of the time of drawing bytes one by one on a CPU."""
+  size = math.prod(shape)
+  words = jax.random.bits(rng, (-(-size // 4),), jnp.uint32)
+  return jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[
+      :size].reshape(shape)
+
+
 def random_erase(rng: jax.Array, images: jax.Array,
                  probability: float) -> jax.Array:
   """`pipeline.random_erase` of float images in [-1, 1]: in each image, with
@@ -91,7 +100,7 @@ def random_erase(rng: jax.Array, images: jax.Array,
              (uniform(keys[4]) < probability))
   in_cols = (cols >= left) & (cols < left + erase_w)
   inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
-  noise = jax.random.bits(keys[5], images.shape, jnp.uint8)
+  noise = random_bytes(keys[5], images.shape)
   return jnp.where(inside, noise.astype(images.dtype) / 127.5 - 1.0, images)
 
 
