@@ -434,3 +434,32 @@ def test_quickstart_trains_on_the_devices_without_tensorflow_and_resumes(
            for name, workdir in (('whole', whole), ('parts', parts))}
   for key, value in final['whole'].items():
     np.testing.assert_array_equal(final['parts'][key], value, err_msg=key)
+
+
+def test_the_training_path_imports_no_tensorflow_even_where_installed(
+    tmp_path):
+  # tensorboard imports TensorFlow where it is installed when some of its
+  # modules are used; those that vit_flax uses must not.
+  result = subprocess.run(
+      [sys.executable, '-c',
+       'import sys, vit_flax, vit_flax.models\n'
+       'from vit_flax.training import loop, metrics\n'
+       'from vit_flax.data import device, idx\n'
+       'from vit_flax.bench import benchmark, gpu_check\n'
+       "metrics.ResumableWriter(sys.argv[1]).write_scalars(1, {'a': 1.0})\n"
+       'metrics.read_scalars(sys.argv[1])\n'
+       "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+       "('tensorflow', 'tensorflow_datasets', 'clu')))", str(tmp_path)],
+      capture_output=True, text=True, cwd=helpers.REPO, check=True)
+  assert result.stdout.strip() == '[]'
+
+
+def test_tfds_data_sets_load_into_memory():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = device_config(dataset='cifar10', pp=dict(crop=32))
+  with tfds.testing.mock_data(num_examples=12):
+    pipeline = device.DevicePipeline(config, mesh_lib.create_mesh())
+  assert pipeline.train_size == 12 and pipeline.eval_size == 12
+  count, _ = evaluate_on_device(pipeline, lambda b: None)
+  assert count == 12
+  assert batches(pipeline, 0, 1)[0]['image'].shape == (8, 32, 32, 3)

@@ -209,7 +209,7 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, **aux,
-               'grad_norm': optax.global_norm(grads),
+               'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step)}
     ema_params = state.ema_params
     if ema_decay:
