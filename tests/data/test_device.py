@@ -275,9 +275,11 @@ def test_replicated_and_sharded_layouts_on_four_devices():
 @pytest.mark.slow
 def test_eval_matches_the_host_pipelines_accuracy():
   pytest.importorskip('tensorflow')
-  from vit_flax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from vit_flax.models import presets  # pylint: disable=g-import-not-at-top
-  from vit_flax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from vit_flax.data import pipeline as pipeline_lib
+  from vit_flax.models import presets
+  from vit_flax.training import step as step_lib
+  # pylint: enable=g-import-not-at-top
   config = device_config(batch_eval=8, pp=dict(crop=12))
   config.model = helpers.tiny_model_config()
   mesh = mesh_lib.create_mesh()

@@ -168,7 +168,7 @@ class TrainData:
   images: jax.Array
   labels: jax.Array
   orders: jax.Array
-  first_epoch: jax.Array
+  first_epoch: Any  # int32 scalar: the epoch of orders[0].
   seed: int = _static()
   batch: int = _static()  # Global: every group's part together.
   image_size: int = _static()  # This phase's (resolution curricula).
@@ -224,7 +224,7 @@ class EvalData:
   images: jax.Array
   labels: jax.Array
   mask: jax.Array
-  index: jax.Array  # Of the batch: an array, so no batch compiles anew.
+  index: Any  # int32 scalar of the batch: not static, compiled once.
   batch: int = _static()
   image_size: int = _static()
   crop_fraction: float = _static()
@@ -403,11 +403,14 @@ class DevicePipeline:
       sharding = NamedSharding(self.mesh, P())
     else:
       sharding = NamedSharding(self.mesh, P(None, *self.batch_sharding.spec))
+    # From host scalars, which every process gives alike; placed once, not
+    # transferred at every step.
     orders = jax.jit(epoch_orders, static_argnums=(0, 2, 3, 4),
                      out_shardings=sharding)(
-                         self.config.seed, jnp.int32(first), num_epochs,
+                         self.config.seed, np.int32(first), num_epochs,
                          self.num_groups, size)
-    return first, orders, jnp.int32(first)
+    return first, orders, jax.device_put(np.int32(first),
+                                         NamedSharding(self.mesh, P()))
 
   def train_data(self, step: int, image_size: int,
                  window=None) -> Tuple[TrainData, Any]:
@@ -444,7 +447,7 @@ class DevicePipeline:
     for index in range(self.num_eval_batches):
       yield EvalData(
           images=images, labels=labels, mask=mask,
-          index=jnp.asarray(index, jnp.int32), batch=self.config.batch_eval,
+          index=np.int32(index), batch=self.config.batch_eval,
           image_size=self.image_size,
           crop_fraction=self.config.pp.get('eval_crop_fraction', 1.0),
           batch_sharding=self.batch_sharding)

@@ -66,7 +66,8 @@ def create_pipeline(config: ml_collections.ConfigDict, mesh: Mesh):
   if device_data.use_data_on_device(config, source):
     return device_data.DevicePipeline(config, mesh, source)
   # TensorFlow only here: runs with the data on the devices import none.
-  from vit_flax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vit_flax.data import pipeline as pipeline_lib
   return pipeline_lib.Pipeline(config, jax.process_index(),
                                jax.process_count(), source=source)
 
@@ -180,7 +181,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   except BaseException:
     lock.release()
     raise
-  return Setup(config=config, workdir=path, mesh=mesh, pipeline=pipeline, model=model, schedule=schedule, tx=tx,
+  return Setup(config=config, workdir=path, mesh=mesh, pipeline=pipeline,
+               model=model, schedule=schedule, tx=tx,
                checkpointer=checkpointer, lock=lock, teacher=teacher)
 
 
