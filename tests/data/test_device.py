@@ -141,6 +141,58 @@ def test_random_erase_keeps_range_and_dtype_and_erases_one_rectangle():
   assert np.all(np.any(np.asarray(everything) != -1, axis=(1, 2, 3)))
 
 
+def test_inception_crop_boxes_fit_the_image_and_the_ranges():
+  height, width = 40, 56
+  boxes = np.asarray(device_augment.inception_crop_boxes(
+      jax.random.key(3), 2000, height, width))
+  top, left, box_h, box_w = boxes.T
+  assert np.all((top >= 0) & (left >= 0) & (box_h >= 1) & (box_w >= 1))
+  assert np.all((top + box_h <= height) & (left + box_w <= width))
+  area = box_h * box_w / (height * width)
+  assert area.min() >= 0.05 and area.max() <= 1.0
+  assert area.min() < 0.1 and area.max() > 0.9  # The whole range is drawn.
+  # Widths are rounded from height x ratio.
+  ratio = box_w / box_h
+  assert ratio.min() > 0.75 - 1 / box_h.min() and ratio.max() < 4 / 3 + 0.1
+
+
+def test_inception_crop_boxes_are_drawn_as_tensorflow_draws_them():
+  tf = pytest.importorskip('tensorflow')
+  height, width, count = 40, 56, 400
+  ours = np.asarray(device_augment.inception_crop_boxes(
+      jax.random.key(4), count, height, width))
+  theirs = []
+  for i in range(count):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        [height, width, 3], tf.zeros([0, 0, 4], tf.float32), seed=[i, 7],
+        area_range=device_augment.INCEPTION_AREA,
+        aspect_ratio_range=device_augment.INCEPTION_ASPECT_RATIO,
+        min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+    theirs.append([begin[0], begin[1], size[0], size[1]])
+  theirs = np.array(theirs)
+  stats = [(np.mean(b[:, 2] * b[:, 3]) / (height * width),
+            np.mean(b[:, 3] / b[:, 2]), np.mean(b[:, 0]), np.mean(b[:, 1]))
+           for b in (ours, theirs)]
+  # Means of 400 draws: area share (std 0.22), ratio, offsets (std ~6-12).
+  for ours_mean, their_mean, atol in zip(*stats, (0.04, 0.03, 1.2, 2.0)):
+    assert abs(ours_mean - their_mean) < atol, stats
+
+
+def test_inception_crop_resizes_the_box():
+  size = 16
+  rows = np.arange(40, dtype=np.float32)
+  # Each pixel holds its row; bilinear resizing keeps that linear.
+  images = jnp.asarray(np.broadcast_to(rows[None, :, None, None],
+                                       (8, 40, 48, 3)))
+  key = jax.random.key(5)
+  out = np.asarray(device_augment.inception_crop(key, images, size))
+  boxes = np.asarray(device_augment.inception_crop_boxes(key, 8, 40, 48))
+  for image, (top, _, box_h, _) in zip(out, boxes):
+    want = top + (np.arange(size) + 0.5) * box_h / size - 0.5
+    inside = (want >= top) & (want <= top + box_h - 1)
+    np.testing.assert_allclose(image[inside, 0, 0], want[inside], atol=1e-3)
+
+
 def test_uint8_to_float_resizes_and_converts_grayscale():
   images = jnp.full((2, 4, 4, 1), 255, jnp.uint8)
   out = device_augment.to_rgb_float(images, 8)
@@ -335,7 +387,6 @@ def test_index_slices_resolve_as_tfds_does():
 @pytest.mark.parametrize('pp, named', [
     (dict(randaugment=(2, 9)), 'pp.randaugment=(2, 9)'),
     (dict(trivial_augment=True), 'pp.trivial_augment=True'),
-    (dict(augment='inception_crop_flip'), "pp.augment='inception_crop_flip'"),
 ])
 def test_an_augmentation_without_device_version_is_a_config_error(
     tmp_path, pp, named):
@@ -350,12 +401,12 @@ def test_an_augmentation_without_device_version_is_a_config_error(
   assert not workdir.exists()
 
 
-def test_auto_augment_resolved_without_device_version_is_an_error():
-  # 'auto' on 96 px images picks inception_crop_flip, known with the data.
-  config = device_config(pp=dict(augment='auto', crop=96))
-  with pytest.raises(errors.ConfigError, match='inception_crop_flip'):
-    device.DevicePipeline(config, mesh_lib.create_mesh(),
-                          array_source(shape=(96, 96, 3)))
+def test_auto_picks_inception_crops_for_larger_images_on_the_devices_too():
+  config = device_config(pp=dict(augment='auto', crop=24))
+  pipeline = device.DevicePipeline(config, mesh_lib.create_mesh(),
+                                   array_source(shape=(96, 96, 3)))
+  assert pipeline.augment == 'inception_crop_flip'
+  assert batches(pipeline, 0, 1)[0]['image'].shape == (8, 24, 24, 3)
 
 
 @pytest.mark.parametrize('value', ['yes', 1, None])

@@ -35,10 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The train and eval splits as uint8 on the devices, placed once
   # (replicated when small, else sharded over the data axis), each batch
   # gathered and augmented in the train step (vit_flax/data/device.py): no
-  # host pipeline, no TensorFlow. Devices do pp.augment pad_crop_flip,
-  # pad_crop, flip and none, pp.random_erase, curricula and mixup/CutMix,
-  # not RandAugment/TrivialAugment/inception_crop_flip. 'auto': on when
-  # every augmentation can and the splits take <= 25% of a device's memory.
+  # host pipeline, no TensorFlow. Devices do every pp.augment,
+  # pp.random_erase, curricula and mixup/CutMix, not RandAugment or
+  # TrivialAugment. 'auto': on when they need neither and the splits take
+  # <= 25% of a device's memory.
   config.data_on_device = _any_type(False)  # Data set on the devices: False|True|'auto'.
 
   # Model.

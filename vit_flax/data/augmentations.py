@@ -4,7 +4,8 @@
 fitting the data); `pp.randaugment`, `pp.trivial_augment` and
 `pp.random_erase` add to it. The host pipeline (`data/pipeline.py`) has them
 all; the devices (`config.data_on_device`, `data/device_augment.py`) have
-those in DEVICE_AUGMENTATIONS and random erasing.
+those in DEVICE_AUGMENTATIONS and random erasing, not RandAugment or
+TrivialAugment.
 """
 
 from typing import List, Optional, Tuple
@@ -14,7 +15,8 @@ from vit_flax.data import sources
 AUGMENTATIONS = ('auto', 'inception_crop_flip', 'pad_crop_flip', 'pad_crop',
                  'flip', 'none')
 # The values of pp.augment that the devices can do in the train step.
-DEVICE_AUGMENTATIONS = ('pad_crop_flip', 'pad_crop', 'flip', 'none')
+DEVICE_AUGMENTATIONS = ('inception_crop_flip', 'pad_crop_flip', 'pad_crop',
+                        'flip', 'none')
 # Digits and glyphs: flips and crops change what they show.
 _NO_AUGMENT_DATASETS = ('mnist', 'emnist', 'kmnist', 'binarized_mnist')
 
@@ -47,7 +49,8 @@ def host_only(pp, augment: Optional[str] = None) -> List[str]:
   """
   augment = pp.get('augment', 'auto') if augment is None else augment
   fields = []
-  if augment not in DEVICE_AUGMENTATIONS + ('auto',):
+  if augment in AUGMENTATIONS and augment not in DEVICE_AUGMENTATIONS + (
+      'auto',):
     fields.append(f'pp.augment={augment!r}')
   if tuple(pp.get('randaugment', ()) or ()):
     fields.append(f'pp.randaugment={tuple(pp.randaugment)}')

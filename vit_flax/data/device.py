@@ -90,8 +90,8 @@ def check_augmentations(config, augment: Optional[str] = None) -> None:
     raise errors.ConfigError(
         f'config.data_on_device=True, but {", ".join(fields)} has no device '
         'version: on the devices the train step can do pp.augment in '
-        f'{augmentations.DEVICE_AUGMENTATIONS} (or auto where it picks one '
-        'of them), pp.random_erase, pp.curriculum and mixup/CutMix. Set '
+        f'{augmentations.DEVICE_AUGMENTATIONS} (and auto), '
+        'pp.random_erase, pp.curriculum and mixup/CutMix. Set '
         'config.data_on_device=False to use the host pipeline (which needs '
         'TensorFlow), or turn those settings off.')
 

@@ -3,30 +3,104 @@
 With `config.data_on_device` the uint8 images are on the devices and each
 batch is preprocessed inside the jitted step: grayscale -> RGB, uint8 ->
 float in [-1, 1], a resize to the curriculum's size, then the augmentations
-of `pp.augment` ('pad_crop_flip', 'pad_crop', 'flip', 'none') and random
-erasing (`pp.random_erase`), each drawn per example as `data/pipeline.py`
-draws them (the same distributions, not the same draws). Mixup / CutMix
-follow in the step (`data/mixup.py`).
+of `pp.augment` ('inception_crop_flip', 'pad_crop_flip', 'pad_crop', 'flip',
+'none') and random erasing (`pp.random_erase`), each drawn per example as
+`data/pipeline.py` draws them (the same distributions, not the same draws).
+Mixup / CutMix follow in the step (`data/mixup.py`).
 """
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 
-def to_rgb_float(images: jax.Array, size: int) -> jax.Array:
+# Inception crops as the host pipeline samples them
+# (tf.image.sample_distorted_bounding_box): a share of the area, an aspect
+# ratio (width / height), and tries before the whole image is taken.
+INCEPTION_AREA = (0.05, 1.0)
+INCEPTION_ASPECT_RATIO = (3 / 4, 4 / 3)
+INCEPTION_ATTEMPTS = 100
+
+
+def to_rgb_float(images: jax.Array, size: Optional[int]) -> jax.Array:
   """uint8 (b, h, w, 1 or 3) -> float32 (b, size, size, 3) in [-1, 1].
 
-  Resized bilinearly without antialiasing, as tf.image.resize does.
+  Resized bilinearly without antialiasing, as tf.image.resize does; not
+  resized when `size` is None.
   """
   images = images.astype(jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.broadcast_to(images, images.shape[:-1] + (3,))
-  if images.shape[1:3] != (size, size):
+  if size is not None and images.shape[1:3] != (size, size):
     images = jax.image.resize(images, (images.shape[0], size, size, 3),
                               'bilinear', antialias=False)
   return images / 127.5 - 1.0
+
+
+def inception_crop_boxes(rng: jax.Array, batch: int, height: int,
+                         width: int) -> jax.Array:
+  """(batch, 4) int32 boxes (top, left, box height, box width) as TF's
+  sample_distorted_bounding_box draws them for the host's
+  'inception_crop_flip': per try an aspect ratio uniform in
+  INCEPTION_ASPECT_RATIO, a height uniform between those of the smallest
+  and largest area of INCEPTION_AREA (the width rounded from it), then an
+  offset; the first of INCEPTION_ATTEMPTS tries that fits, else the whole
+  image."""
+  ratio_key, height_key, top_key, left_key = jax.random.split(rng, 4)
+  shape = (batch, INCEPTION_ATTEMPTS)
+  ratio = jax.random.uniform(ratio_key, shape, jnp.float32,
+                             *INCEPTION_ASPECT_RATIO)
+  min_area = INCEPTION_AREA[0] * height * width
+  max_area = INCEPTION_AREA[1] * height * width
+  box_h = jnp.round(jnp.sqrt(min_area / ratio))
+  max_h = jnp.round(jnp.sqrt(max_area / ratio))
+  # The largest height whose rounded width still fits.
+  fitting = jnp.floor((width + 0.5 - 1e-7) / ratio)
+  fitting = jnp.where(jnp.round(fitting * ratio) > width, fitting - 1,
+                      fitting)
+  max_h = jnp.where(jnp.round(max_h * ratio) > width, fitting, max_h)
+  max_h = jnp.minimum(max_h, height)
+  box_h = jnp.minimum(box_h, max_h)
+  box_h += jnp.floor(jax.random.uniform(height_key, shape) *
+                     (max_h - box_h + 1))
+  box_w = jnp.round(box_h * ratio)
+  # Rounding may leave the area just outside the range: one step each way.
+  grow = box_w * box_h < min_area
+  box_h = jnp.where(grow, box_h + 1, box_h)
+  box_w = jnp.where(grow, jnp.round(box_h * ratio), box_w)
+  shrink = box_w * box_h > max_area
+  box_h = jnp.where(shrink, box_h - 1, box_h)
+  box_w = jnp.where(shrink, jnp.round(box_h * ratio), box_w)
+  area = box_w * box_h
+  fits = ((area >= min_area) & (area <= max_area) & (box_w <= width) &
+          (box_h <= height) & (box_w > 0) & (box_h > 0))
+  first = jnp.argmax(fits, axis=1)
+  found = jnp.any(fits, axis=1)
+  pick = lambda x, whole: jnp.where(
+      found, jnp.take_along_axis(x, first[:, None], axis=1)[:, 0], whole)
+  box_h, box_w = pick(box_h, height), pick(box_w, width)
+  # Offsets in [0, size - box) as TF draws them (0 for a whole side).
+  top = jnp.floor(jax.random.uniform(top_key, (batch,)) * (height - box_h))
+  left = jnp.floor(jax.random.uniform(left_key, (batch,)) * (width - box_w))
+  return jnp.stack([top, left, box_h, box_w], axis=1).astype(jnp.int32)
+
+
+def inception_crop(rng: jax.Array, images: jax.Array, size: int) -> jax.Array:
+  """Each float image's `inception_crop_boxes` box, resized bilinearly
+  (without antialiasing) to size x size."""
+  batch, height, width, channels = images.shape
+  boxes = inception_crop_boxes(rng, batch, height, width).astype(jnp.float32)
+
+  def crop(image, box):
+    top, left, box_h, box_w = box[0], box[1], box[2], box[3]
+    scale = jnp.stack([size / box_h, size / box_w])
+    return jax.image.scale_and_translate(
+        image, (size, size, channels), (0, 1), scale,
+        -jnp.stack([top, left]) * scale, 'linear', antialias=False)
+
+  return jax.vmap(crop)(images, boxes)
 
 
 def central_crop(images: jax.Array, size: int) -> jax.Array:
@@ -117,10 +191,15 @@ def augment_batch(rng: jax.Array, images: jax.Array, size: int, augment: str,
     erase_probability: `pp.random_erase`.
   """
   crop_rng, flip_rng, erase_rng = jax.random.split(rng, 3)
-  images = to_rgb_float(images, size)
+  if augment == 'inception_crop_flip':
+    # Converted at its own size (the conversion is linear, so it commutes
+    # with the crop's interpolation), then cropped and resized.
+    images = inception_crop(crop_rng, to_rgb_float(images, None), size)
+  else:
+    images = to_rgb_float(images, size)
   if augment in ('pad_crop_flip', 'pad_crop'):
     images = pad_crop(crop_rng, images, max(size // 8, 1))  # 4 px at 32 px.
-  if augment in ('pad_crop_flip', 'flip'):
+  if augment in ('inception_crop_flip', 'pad_crop_flip', 'flip'):
     images = random_flip(flip_rng, images)
   if erase_probability:
     images = random_erase(erase_rng, images, erase_probability)
