@@ -49,7 +49,6 @@ from vit_flax.data import device_augment
 from vit_flax.data import sources
 from vit_flax.training import mesh as mesh_lib
 
-DATA_ON_DEVICE = (False, True, 'auto')
 LAYOUTS = ('replicated', 'sharded')
 # 'auto' puts the data on the devices when the splits take at most this
 # share of one device's memory (after sharding, if they are sharded).
