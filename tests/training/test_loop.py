@@ -377,3 +377,16 @@ def test_randaugment_runs_in_training(tmp_path):
                        total_steps=4)
   run(config, tmp_path)
   assert 4 in read_scalars(tmp_path)['loss']
+
+
+def test_profiler_traces_the_steps_it_is_asked_for(tmp_path):
+  profiler = loop.StepProfiler(tmp_path, num_steps=2, first_step=3,
+                               min_seconds=0.0)
+  for step in range(1, 7):
+    jnp.ones(4).block_until_ready()
+    profiler(step)
+    # Tracing from step 3 to step 5.
+    assert (profiler.started_step is not None) == (3 <= step < 5), step
+  profiler.close()
+  traces = list(tmp_path.glob('plugins/profile/*/*.xplane.pb'))
+  assert len(traces) == 1

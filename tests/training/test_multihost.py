@@ -168,3 +168,24 @@ def test_two_processes_match_one_process_and_resume(tmp_path, data):
   _, restored = checkpointing.restore_for_inference(two)
   for key, value in npz.flatten(restored).items():
     np.testing.assert_array_equal(value, got_params[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_data_on_the_devices_match_one_process(
+    tmp_path, data):
+  # Each process puts its half of the data on its two devices (sharded);
+  # one batch is the whole training set, so every topology sees the same
+  # examples at every step.
+  config = run_config(data_on_device=True, total_steps=6, eval_every=3,
+                      checkpoint_every=0)
+  one = str(tmp_path / 'one_process')
+  wait_for(start_processes(one, data, 1, 4, config))
+  two = str(tmp_path / 'two_processes')
+  for log in wait_for(start_processes(two, data, 2, 2, config)):
+    assert 'Data on the devices (sharded): 8 train examples in 4' in log, log
+  want, got = read_scalars(one), read_scalars(two)
+  assert got['eval_count'] == want['eval_count'] == {3: 24.0, 6: 24.0}
+  for tag in ('loss', 'accuracy', 'eval_loss', 'eval_accuracy'):
+    np.testing.assert_allclose([got[tag][s] for s in sorted(got[tag])],
+                               [want[tag][s] for s in sorted(want[tag])],
+                               rtol=1e-5, err_msg=tag)

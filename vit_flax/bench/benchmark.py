@@ -39,7 +39,6 @@ import numpy as np
 
 from vit_flax import errors
 from vit_flax.commands import cli
-from vit_flax.data import pipeline as pipeline_lib
 from vit_flax.models import presets
 from vit_flax.models import stats as stats_lib
 from vit_flax.training import distributed
@@ -273,16 +272,31 @@ def measure_steps(config, num_classes: int, steps: int, rounds: int,
 
 def measure_pipeline(config, batches: int,
                      rounds: int) -> Tuple[float, int]:
-  """(images/s of this process's training input, number of classes)."""
-  pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
-                                   jax.process_count())
+  """(images/s of this process's training input, number of classes).
+
+  The host pipeline's batches as numpy; with `config.data_on_device`, the
+  batches gathered and augmented on the devices (`TrainData.batch_at`
+  alone, without the step).
+  """
+  mesh = mesh_lib.create_mesh(fsdp=config.get('mesh_fsdp', 1))
+  pipeline = loop_lib.create_pipeline(config, mesh)
   iterator = pipeline.train_batches()
-  for _ in range(2):  # Start-up: threads, shuffle buffer.
-    next(iterator)
+  if getattr(pipeline, 'on_device', False):
+    batch_at = jax.jit(lambda data, step: data.batch_at(step))
+    data = next(iterator)
+    jax.block_until_ready(batch_at(data, 0))  # Compile.
+    next_batch = lambda step: batch_at(data, step)
+    local_batch = config.batch // jax.process_count()
+  else:
+    next_batch = lambda step: next(iterator)
+    local_batch = pipeline.local_batch
+  for step in range(2):  # Start-up: threads, shuffle buffer.
+    next_batch(step)
   seconds = fastest_round(
-      lambda: [next(iterator) for _ in range(batches)], rounds)
+      lambda: jax.block_until_ready([next_batch(s) for s in range(batches)]),
+      rounds)
   del iterator  # Stops its threads before the devices are timed.
-  return batches * pipeline.local_batch / seconds, pipeline.num_classes
+  return batches * local_batch / seconds, pipeline.num_classes
 
 
 def loop_config(config, steps: int,
@@ -355,8 +369,13 @@ def describe(config) -> Dict[str, Any]:
 def run(config: ml_collections.ConfigDict, steps: int = 10, rounds: int = 3,
         warmup: int = 2, eval_steps: int = 5, pipeline_batches: int = 20,
         loop_steps: Optional[int] = None, synthetic_only: bool = False,
-        peak_flops: Optional[float] = None) -> Dict[str, Any]:
-  """Every measurement of `config`, as a flat dict of figures."""
+        peak_flops: Optional[float] = None,
+        num_classes: Optional[int] = None) -> Dict[str, Any]:
+  """Every measurement of `config`, as a flat dict of figures.
+
+  `num_classes`: of the synthetic labels when `synthetic_only` (default
+  SYNTHETIC_NUM_CLASSES); otherwise the data's.
+  """
   for name, value in (('steps', steps), ('rounds', rounds),
                       ('eval_steps', eval_steps),
                       ('pipeline_batches', pipeline_batches)):
@@ -365,7 +384,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, rounds: int = 3,
   loop_lib.validate_config(config, jax.device_count())
   results = describe(config)
   results.update(steps=steps, rounds=rounds)
-  num_classes = SYNTHETIC_NUM_CLASSES
+  num_classes = num_classes or SYNTHETIC_NUM_CLASSES
   if not synthetic_only:
     (results['pipeline_img_per_sec'],
      num_classes) = measure_pipeline(config, pipeline_batches, rounds)

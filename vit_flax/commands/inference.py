@@ -20,11 +20,10 @@ import flax.linen as nn
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import tensorflow as tf
 
 from vit_flax import errors
 from vit_flax.data import datasets
-from vit_flax.data import pipeline
+from vit_flax.data import tensorflow_loader
 from vit_flax.models import patch_embed
 from vit_flax.models import presets
 from vit_flax.models import resnet as resnet_lib
@@ -244,6 +243,10 @@ def read_image(path: str, image_size: int,
     raise ImageError(f'{path}: no such file.') from e
   except OSError as e:
     raise ImageError(f'{path} cannot be read ({e}).') from e
+  # TensorFlow only here: loading a model for training (distillation's
+  # teacher) needs none.
+  tf = tensorflow_loader.import_tensorflow()
+  from vit_flax.data import pipeline  # pylint: disable=g-import-not-at-top
   try:
     image = tf.io.decode_image(data, expand_animations=False)
   except (tf.errors.InvalidArgumentError, ValueError) as e:
@@ -289,6 +292,7 @@ def first_eval_image(config, image_size: int,
   """The first image of the run's eval split, preprocessed; None if unread."""
   if not config.get('dataset') or config.get('pp') is None:
     return None
+  from vit_flax.data import pipeline  # pylint: disable=g-import-not-at-top
   try:
     source = datasets.source_of(config)
     examples, _ = source.read(config.pp.test, 0, 1, drop_remainder=False)

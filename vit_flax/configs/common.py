@@ -4,6 +4,11 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 
+def _any_type(value) -> ml_collections.FieldReference:
+  """A field that takes a value of any type (a bool one refuses 'auto')."""
+  return ml_collections.FieldReference(value, field_type=object)
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Everything but the model; configs override what they need."""
   config = ml_collections.ConfigDict()
@@ -27,6 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp.autotune = False  # tf.data autotuner (its end-of-iterator stalls: data/pipeline.py).
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer.
   config.prefetch = 2  # Batches transferred to the devices ahead of use.
+  # The train and eval splits as uint8 on the devices, placed once
+  # (replicated when small, else sharded over the data axis), each batch
+  # gathered and augmented in the train step (vit_flax/data/device.py): no
+  # host pipeline, no TensorFlow. Devices do every pp.augment,
+  # pp.random_erase, curricula and mixup/CutMix, not RandAugment or
+  # TrivialAugment. 'auto': on when they need neither and the splits take
+  # <= 25% of a device's memory.
+  config.data_on_device = _any_type(False)  # Data set on the devices: False|True|'auto'.
 
   # Model.
   config.model_type = 'vit'  # Key of vit_flax.model_configs.MODEL_TYPES.

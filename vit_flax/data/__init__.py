@@ -1,2 +1,3 @@
 """Data: sources (TFDS, image folders, IDX, arrays), the host input pipeline,
-resolution curricula, RandAugment and mixup / CutMix."""
+the data on the devices (device.py, device_augment.py), resolution curricula,
+RandAugment and mixup / CutMix."""

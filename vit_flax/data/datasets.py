@@ -9,7 +9,6 @@ from absl import logging
 
 from vit_flax.data import idx
 from vit_flax.data import sources
-from vit_flax.data import tfds_source
 
 
 def tfds_prepared(name: str, data_dir: Optional[str]) -> bool:
@@ -35,6 +34,8 @@ def get_source(dataset: str, data_dir: Optional[str] = None,
     if idx_dir and not tfds_prepared(dataset, data_dir):
       logging.info('fashion_mnist: reading the IDX files in %s', idx_dir)
       return idx.fashion_mnist_from_idx(idx_dir)
+  # TensorFlow only for TFDS data sets.
+  from vit_flax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(dataset, data_dir, manual_dir)
 
 

@@ -40,6 +40,15 @@ def read_idx(path: str) -> np.ndarray:
   return body.reshape(shape)
 
 
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes `array` as a gzipped unsigned-byte IDX file (`read_idx`)."""
+  array = np.asarray(array, np.uint8)
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.tobytes())
+
+
 def fashion_mnist_idx_dir(manual_dir: Optional[str]) -> Optional[str]:
   """The directory holding Fashion-MNIST's four IDX files, if any."""
   for directory in (manual_dir, FASHION_MNIST_DIR):

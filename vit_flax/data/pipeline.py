@@ -9,41 +9,26 @@ what exact resume and resolution curricula need.
 
 import functools
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional
 
 from absl import logging
-import tensorflow as tf
 
 from vit_flax import errors
+from vit_flax.data import augmentations
 from vit_flax.data import curriculum
 from vit_flax.data import datasets
 from vit_flax.data import randaugment
 from vit_flax.data import sources
+from vit_flax.data import tensorflow_loader
 
-AUGMENTATIONS = ('auto', 'inception_crop_flip', 'pad_crop_flip', 'pad_crop',
-                 'flip', 'none')
-# Digits and glyphs: flips and crops change what they show.
-_NO_AUGMENT_DATASETS = ('mnist', 'emnist', 'kmnist', 'binarized_mnist')
+tf = tensorflow_loader.import_tensorflow()
+
+AUGMENTATIONS = augmentations.AUGMENTATIONS
+resolve_augment = augmentations.resolve_augment
 _EPOCH_SEED_STRIDE = 1_000_003
 
 
 # Preprocessing.
-
-
-def resolve_augment(augment: str, dataset: str,
-                    image_shape: Optional[Tuple[int, int, int]]) -> str:
-  """Picks the augmentation fitting the data when `augment` is 'auto'."""
-  if augment not in AUGMENTATIONS:
-    raise sources.DataError(
-        f'Unknown augmentation {augment!r}; expected one of '
-        f'{AUGMENTATIONS}.')
-  if augment != 'auto':
-    return augment
-  if dataset.split('/')[0] in _NO_AUGMENT_DATASETS:
-    return 'none'
-  if image_shape is not None and max(image_shape[:2]) <= 64:
-    return 'pad_crop_flip'  # CIFAR-like small images.
-  return 'inception_crop_flip'  # ImageNet-like photos.
 
 
 def _to_rgb_float(image, size):

@@ -41,9 +41,10 @@ import dataclasses
 import math
 import numbers
 
-import tensorflow as tf
-
 from vit_flax import errors
+from vit_flax.data import tensorflow_loader
+
+tf = tensorflow_loader.import_tensorflow()
 
 RANDAUGMENT_OPS = ('identity', 'autocontrast', 'equalize', 'rotate',
                    'solarize', 'color', 'posterize', 'contrast', 'brightness',

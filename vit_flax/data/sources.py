@@ -5,14 +5,15 @@ encoded where the source stores it so (decoded by `decode`).
 """
 
 import os
+import re
 import types
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from PIL import Image
 
 from vit_flax import errors
+from vit_flax.data import tensorflow_loader
 
 
 class DataError(errors.UserError):
@@ -36,8 +37,9 @@ class Source:
     raise NotImplementedError
 
   def read(self, split: str, process_index: int, process_count: int,
-           drop_remainder: bool) -> Tuple[tf.data.Dataset, int]:
-    """This process's part of `split`, in a fixed order, and its size."""
+           drop_remainder: bool) -> Tuple[Any, int]:
+    """This process's part of `split` as a tf.data.Dataset, in a fixed order,
+    and its size."""
     raise NotImplementedError
 
   def read_arrays(self, split: str, process_index: int, process_count: int,
@@ -47,8 +49,45 @@ class Source:
     source streams them."""
     return None
 
-  def decode(self, image: tf.Tensor) -> tf.Tensor:
+  def decode(self, image):
+    """A tf.Tensor of an image as `read` yields it -> the decoded image."""
     return image
+
+  def load_arrays(self, split: str, process_index: int, process_count: int,
+                  drop_remainder: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """`read`'s examples decoded into memory: uint8 images (n, height,
+    width, channels) and int64 labels (n,), for `config.data_on_device`.
+
+    Raises:
+      DataError: the images do not all have one shape.
+    """
+    tf = tensorflow_loader.import_tensorflow()
+    ds, _ = self.read(split, process_index, process_count, drop_remainder)
+    ds = ds.map(lambda ex: {'image': self.decode(ex['image']),
+                            'label': ex['label']},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    images, labels = [], []
+    for example in ds.as_numpy_iterator():
+      images.append(example['image'])
+      labels.append(example['label'])
+    return stack_images(images, labels, f'{self.name} {split}')
+
+
+def stack_images(images: List[np.ndarray], labels: List[int],
+                 what: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(uint8 images stacked, int64 labels), or DataError when the images do
+  not share one shape."""
+  shapes = sorted({image.shape for image in images})
+  if len(shapes) > 1:
+    raise DataError(
+        f'The images of {what} have {len(shapes)} shapes (e.g. {shapes[0]} '
+        f'and {shapes[-1]}); config.data_on_device needs one shape for all. '
+        'Resize them to one size beforehand, or set '
+        'config.data_on_device=False (the host pipeline resizes each).')
+  if not images:
+    return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int64)
+  return (np.stack(images).astype(np.uint8, copy=False),
+          np.asarray(labels, np.int64))
 
 
 def even_part(num: int, index: int, count: int,
@@ -61,9 +100,49 @@ def even_part(num: int, index: int, count: int,
   return bounds[index], bounds[index + 1]
 
 
+# A split name with an optional slice of example indices: 'train[:1000]'.
+_INDEX_SLICE = re.compile(r'(\w+)(?:\[(-?\d+)?:(-?\d+)?\])?')
+
+
+def _index_ranges(split: str, sizes: Dict[str, int]
+                  ) -> Optional[List[Tuple[str, int, int]]]:
+  """`_absolute_ranges` of names and index slices joined by '+', as TFDS
+  resolves them, without TFDS; None for other syntax (percentages)."""
+  ranges = []
+  for part in split.split('+'):
+    match = _INDEX_SLICE.fullmatch(part)
+    if match is None:
+      return None
+    name, start, end = match.groups()
+    if name not in sizes:
+      raise DataError(f'Unknown split {name!r} in {split!r}; available '
+                      f'splits: {sorted(sizes)}.')
+    size = sizes[name]
+    bounds = []
+    for bound, default in ((start, 0), (end, size)):
+      index = default if bound is None else int(bound)
+      index += size if index < 0 else 0
+      if not 0 <= index <= size:
+        raise DataError(f'Split {split!r} asks for examples beyond the '
+                        f'{size} of {name!r}.')
+      bounds.append(index)
+    ranges.append((name, *bounds))
+  return ranges
+
+
 def _absolute_ranges(split: str, sizes: Dict[str, int]) -> List[Tuple[str, int,
                                                                       int]]:
   """Resolves TFDS split syntax ('train[:98%]+test') to index ranges."""
+  ranges = _index_ranges(split, sizes)
+  if ranges is not None:
+    return ranges
+  try:
+    tfds = tensorflow_loader.import_tensorflow_datasets()
+  except ImportError as e:
+    raise DataError(
+        f'Split {split!r} needs tensorflow_datasets to resolve (percentages'
+        "); without it use split names and index slices such as "
+        "'train[:54000]+test'.") from e
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
         {name: types.SimpleNamespace(num_examples=n)
@@ -106,7 +185,11 @@ class ArraySource(Source):
   def read_arrays(self, split, process_index, process_count, drop_remainder):
     return self._part(split, process_index, process_count, drop_remainder)
 
+  def load_arrays(self, split, process_index, process_count, drop_remainder):
+    return self._part(split, process_index, process_count, drop_remainder)
+
   def read(self, split, process_index, process_count, drop_remainder):
+    tf = tensorflow_loader.import_tensorflow()
     images, labels = self._part(split, process_index, process_count,
                                 drop_remainder)
     ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
@@ -172,6 +255,7 @@ class ImageFolderSource(Source):
     return len(self._files(split)[1])
 
   def read(self, split, process_index, process_count, drop_remainder):
+    tf = tensorflow_loader.import_tensorflow()
     paths, labels = self._files(split)
     start, end = even_part(len(labels), process_index, process_count,
                            drop_remainder)
@@ -180,5 +264,17 @@ class ImageFolderSource(Source):
     return ds, end - start
 
   def decode(self, image):
+    tf = tensorflow_loader.import_tensorflow()
     return tf.io.decode_image(tf.io.read_file(image), channels=3,
                               expand_animations=False)
+
+  def load_arrays(self, split, process_index, process_count, drop_remainder):
+    """Decoded with PIL (as RGB, like `decode`), without TensorFlow."""
+    paths, labels = self._files(split)
+    start, end = even_part(len(labels), process_index, process_count,
+                            drop_remainder)
+    images = []
+    for path in paths[start:end]:
+      with Image.open(path) as image:
+        images.append(np.asarray(image.convert('RGB')))
+    return stack_images(images, list(labels[start:end]), split)

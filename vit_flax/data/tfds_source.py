@@ -3,10 +3,12 @@
 
 
 from absl import logging
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from vit_flax.data import sources
+from vit_flax.data import tensorflow_loader
+
+tf = tensorflow_loader.import_tensorflow()
+tfds = tensorflow_loader.import_tensorflow_datasets()
 
 
 class TfdsSource(sources.Source):

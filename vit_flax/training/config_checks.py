@@ -17,6 +17,7 @@ import ml_collections
 
 from vit_flax import errors
 from vit_flax.configs import common
+from vit_flax.data import device as device_data
 from vit_flax.data import mixup
 from vit_flax.training import distill
 
@@ -95,6 +96,9 @@ RULES: Tuple[_Rule, ...] = (
      'batches transferred ahead'),
     ('seed', lambda v: _is_int(v) and v >= 0, 'an integer >= 0',
      'the seed of init, dropout, shuffling and augmentation'),
+    ('data_on_device', lambda v: v is True or v is False or v == 'auto',
+     "False, True or 'auto'", 'whether the data set is placed on the '
+     'devices'),
     ('pp.crop', lambda v: _is_int(v) and v >= 1, 'an integer >= 1',
      'the evaluation image size in pixels'),
     ('pp.random_erase', lambda v: _is_real(v) and 0 <= v <= 1,
@@ -147,6 +151,8 @@ def check_config(config: ml_collections.ConfigDict,
         f'--config.warmup_steps={config.total_steps // 10}.')
   _check_muon(config)
   # Their own checks, naming the fields.
+  if config.get('data_on_device', False) is True:
+    device_data.check_augmentations(config)
   mixup.options_from_config(config)
   distill.options_from_config(config)
   _check_model(config.model)

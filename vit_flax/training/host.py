@@ -8,18 +8,26 @@ feeds data) off the accelerators that JAX uses.
 import logging as std_logging
 import os
 import platform
+import sys
 from typing import Dict
 
 from absl import logging
 import flax
 import jax
 
+from vit_flax.data import tensorflow_loader
+
 
 def hide_gpus_from_tensorflow() -> None:
   """TensorFlow only reads and augments data: keep it off the GPUs (it would
-  otherwise reserve their memory), leaving them to JAX."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  otherwise reserve their memory), leaving them to JAX.
+
+  Imports no TensorFlow: where it is not imported yet,
+  `tensorflow_loader.import_tensorflow` hides them when it first is.
+  """
+  tf = sys.modules.get('tensorflow')
+  if tf is not None:
+    tensorflow_loader.hide_gpus(tf)
 
 
 class _OrbaxInfoFilter(std_logging.Filter):

@@ -12,7 +12,6 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from absl import logging
-from clu import periodic_actions
 from etils import epath
 import flax
 import jax
@@ -23,7 +22,8 @@ import numpy as np
 import optax
 
 from vit_flax import errors
-from vit_flax.data import pipeline as pipeline_lib
+from vit_flax.data import datasets
+from vit_flax.data import device as device_data
 from vit_flax.figures import probe
 from vit_flax.models import presets
 from vit_flax.models import stats
@@ -61,10 +61,31 @@ def check_image_sizes(model, sizes, num_channels: int = 3,
           f'({min(sizes)}px) is.') from e
 
 
+def on_devices(batches, pipeline, size: int, sharding):
+  """The host pipeline's batches, `size` of them transferred ahead; those
+  of the data on the devices (`device.DevicePipeline`) as they are."""
+  if getattr(pipeline, 'on_device', False):
+    return batches
+  return mesh_lib.prefetch_to_mesh(batches, size, sharding)
+
+
+def create_pipeline(config: ml_collections.ConfigDict, mesh: Mesh):
+  """The data on the devices (`config.data_on_device`), or the host
+  pipeline (`data/pipeline.py`, which needs TensorFlow)."""
+  source = datasets.source_of(config)
+  if device_data.use_data_on_device(config, source):
+    return device_data.DevicePipeline(config, mesh, source)
+  # TensorFlow only here: runs with the data on the devices import none.
+  # pylint: disable-next=g-import-not-at-top
+  from vit_flax.data import pipeline as pipeline_lib
+  return pipeline_lib.Pipeline(config, jax.process_index(),
+                               jax.process_count(), source=source)
+
+
 def evaluate(eval_step, params, pipeline, sharding) -> Dict[str, float]:
   """Loss and accuracy over the whole eval split, each example once."""
   totals = None
-  for batch in mesh_lib.prefetch_to_mesh(pipeline.eval_batches(), 2, sharding):
+  for batch in on_devices(pipeline.eval_batches(), pipeline, 2, sharding):
     sums = eval_step(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -93,13 +114,15 @@ FigureHook = Callable[[Any], Mapping[str, np.ndarray]]
 
 
 def default_figure_hook(model, config: ml_collections.ConfigDict,
-                        pipeline: pipeline_lib.Pipeline
-                        ) -> Optional[FigureHook]:
+                        pipeline) -> Optional[FigureHook]:
   """`probe.summary_images` of the first eval image, or None when
   `config.eval_figures` is off or this process does not write metrics."""
   if not config.get('eval_figures') or jax.process_index() > 0:
     return None
-  images = next(pipeline.eval_batches())['image'][:1]
+  if getattr(pipeline, 'on_device', False):
+    images = pipeline.first_eval_images()
+  else:
+    images = next(pipeline.eval_batches())['image'][:1]
   return functools.partial(probe.summary_images, model, images=images,
                            model_config=config.model)
 
@@ -111,7 +134,7 @@ class Setup:
   config: ml_collections.ConfigDict
   workdir: epath.Path
   mesh: Mesh
-  pipeline: pipeline_lib.Pipeline
+  pipeline: Any  # pipeline.Pipeline, or device.DevicePipeline.
   model: Any
   schedule: optax.Schedule
   tx: optax.GradientTransformation
@@ -144,8 +167,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """
   num_devices = jax.device_count()
   validate_config(config, num_devices)
-  pipeline = pipeline_lib.Pipeline(config, jax.process_index(),
-                                   jax.process_count())
+  mesh = mesh_lib.create_mesh(fsdp=config.get('mesh_fsdp', 1))
+  pipeline = create_pipeline(config, mesh)
   if config.get('pretrained_path'):
     pretrained.adopt_checkpoint_settings(config)
   model = presets.create_model_for(config, pipeline.num_classes)
@@ -178,9 +201,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   except BaseException:
     lock.release()
     raise
-  return Setup(config=config, workdir=path,
-               mesh=mesh_lib.create_mesh(fsdp=config.get('mesh_fsdp', 1)),
-               pipeline=pipeline, model=model, schedule=schedule, tx=tx,
+  return Setup(config=config, workdir=path, mesh=mesh, pipeline=pipeline,
+               model=model, schedule=schedule, tx=tx,
                checkpointer=checkpointer, lock=lock, teacher=teacher,
                pretrained_params=pretrained_params)
 
@@ -347,6 +369,46 @@ def evaluate_and_keep_best(setup: Setup, writer, eval_step, state, step,
                                      host_params).items()})
 
 
+class StepProfiler:
+  """Traces `num_steps` steps (and at least `min_seconds`) with
+  `jax.profiler` into `logdir`: from step `first_step`, then again every
+  `every_seconds`, as clu's `periodic_actions.Profile` did."""
+
+  def __init__(self, logdir, num_steps: int = 5, first_step: int = 10,
+               min_seconds: float = 3.0, every_seconds: float = 3600.0):
+    self.logdir = str(logdir)
+    self.num_steps = num_steps
+    self.first_step = first_step
+    self.min_seconds = min_seconds
+    self.every_seconds = every_seconds
+    self.last_start = time.monotonic()
+    self.started_step = None
+
+  def __call__(self, step: int):
+    """Called after each step."""
+    now = time.monotonic()
+    if self.started_step is not None:
+      if (step >= self.started_step + self.num_steps and
+          now - self.last_start >= self.min_seconds):
+        jax.profiler.stop_trace()
+        logging.info('Profiled steps %d-%d into %s.', self.started_step + 1,
+                     step, self.logdir)
+        self.started_step = None
+      return
+    if step == self.first_step or now - self.last_start > self.every_seconds:
+      try:
+        jax.profiler.start_trace(self.logdir)
+      except RuntimeError as e:  # E.g. a trace already running.
+        logging.warning('Could not start profiling: %s', e)
+        return
+      self.started_step, self.last_start = step, now
+
+  def close(self):
+    if self.started_step is not None:
+      jax.profiler.stop_trace()
+      self.started_step = None
+
+
 def save_due(setup: Setup, step: int, stop: bool, last_save: float) -> bool:
   config = setup.config
   return setup.checkpointer is not None and (
@@ -369,12 +431,11 @@ def train_loop(setup: Setup, state: step_lib.TrainState, start_step: int,
                                       setup.mesh)
   profile = None
   if config.get('profile') and jax.process_index() == 0:
-    profile = periodic_actions.Profile(logdir=setup.workdir,
-                                       num_profile_steps=5)
+    profile = StepProfiler(setup.workdir)
   preemption = preemption_lib.PreemptionHandler()
-  batches = mesh_lib.prefetch_to_mesh(setup.pipeline.train_batches(start_step),
-                                      config.prefetch,
-                                      mesh_lib.batch_sharding(setup.mesh))
+  batches = on_devices(setup.pipeline.train_batches(start_step),
+                       setup.pipeline, config.prefetch,
+                       mesh_lib.batch_sharding(setup.mesh))
   window = ProgressWindow(start_step + 1,
                           resumed_data.get('pending_metrics', []))
   window.start()
@@ -423,6 +484,8 @@ def train_loop(setup: Setup, state: step_lib.TrainState, start_step: int,
         break
   finally:
     preemption.restore_handlers()
+    if profile:
+      profile.close()
   return state
 
 
@@ -451,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = train_loop(setup, state, start_step, resumed_data, writer,
                          figure_hook)
     finally:
-      writer.flush()
+      writer.close()
   finally:
     setup.close()  # Surfaces errors of asynchronous saves.
   return state

@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import optax
 
+from vit_flax.data import device as device_data
 from vit_flax.data import mixup
 from vit_flax.training import distill
 from vit_flax.training import mesh as mesh_lib
@@ -87,6 +88,9 @@ def create_train_state(model, tx, config, image_size: int, mesh: Mesh,
 def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
                     state_shardings=None, teacher_model=None):
   """The jitted step: (state, batch) -> (state, metrics); state donated.
+
+  `batch` is {'image', 'label'} or, with `config.data_on_device`, a
+  `device.TrainData` that the step draws the batch of `state.step` from.
 
   Mixup/CutMix (`config.mixup`, `config.cutmix`) mix the batch on the
   devices, keyed by the step; the loss then takes soft targets and the train
@@ -192,6 +196,8 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
     return jax.tree.map(lambda x: x / accum_steps, total)
 
   def train_step(state: TrainState, batch):
+    if isinstance(batch, device_data.TrainData):  # config.data_on_device
+      batch = batch.batch_at(state.step)
     # Runs once per input shape: one compilation per curriculum image size.
     logging.info('Compiling the train step for images of shape %s.',
                  batch['image'].shape)
@@ -203,7 +209,7 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, **aux,
-               'grad_norm': optax.global_norm(grads),
+               'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step)}
     ema_params = state.ema_params
     if ema_decay:
@@ -219,10 +225,13 @@ def make_train_step(model, tx, schedule, config, num_classes, mesh: Mesh,
 
 
 def make_eval_step(model, num_classes, mesh: Mesh):
-  """Jitted: (params, batch) -> sums of loss, correct and mask."""
+  """Jitted: (params, batch) -> sums of loss, correct and mask; `batch` as
+  the host pipeline's eval batches, or a `device.EvalData`."""
   replicated = NamedSharding(mesh, P())
 
   def eval_step(params, batch):
+    if isinstance(batch, device_data.EvalData):  # config.data_on_device
+      batch = batch.materialize()
     logits = model.apply({'params': params}, batch['image'], train=False)
     mask = batch['mask']
     loss = cross_entropy(logits, batch['label'], num_classes)
