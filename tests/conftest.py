@@ -24,3 +24,4 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = ' '.join(
     f for f in (os.environ.get('XLA_FLAGS'), TEST_XLA_FLAGS) if f)
+

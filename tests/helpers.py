@@ -1,6 +1,7 @@
 """Shared helpers for the tests: tiny configs, reading what a run wrote."""
 
 import functools
+import glob
 import gzip
 import os
 import pathlib
@@ -173,3 +174,16 @@ def write_inference_run(directory):
   return types.SimpleNamespace(
       dir=directory, config=config, model=model, params=params,
       images=[str(directory / name) for name in images])
+
+
+def committed_steps(workdir):
+  """Steps of the committed checkpoints of a run in `workdir`."""
+  names = glob.glob(os.path.join(workdir, 'checkpoints', '*'))
+  return sorted(int(os.path.basename(n)) for n in names
+                if os.path.basename(n).isdigit())
+
+
+def saving_now(workdir):
+  """Whether a checkpoint of the run in `workdir` is being written."""
+  return bool(glob.glob(os.path.join(workdir, 'checkpoints',
+                                     '*.orbax-checkpoint-tmp*')))

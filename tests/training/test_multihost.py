@@ -132,7 +132,8 @@ def test_two_processes_match_one_process_and_resume(tmp_path, data):
   # A SIGTERM to one process stops both at the next collective poll, where
   # they save.
   two = str(tmp_path / 'two_processes')
-  processes = start_processes(two, data, 2, 2, run_config(), '--slow_step=0.3')
+  processes = start_processes(two, data, 2, 2, run_config(),
+                              '--slow_step=0.15')
   while 'step 2/' not in read_log(processes[0]):
     assert processes[0].poll() is None, read_log(processes[0])
     time.sleep(0.05)

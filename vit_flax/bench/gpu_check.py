@@ -136,12 +136,22 @@ def time_step(config, dry_run: bool, num_classes: Optional[int] = None):
 # The parts.
 
 
+def shrink_for_dry_run(config, crop: int) -> None:
+  """A tiny version of `config` that still runs every part of its step: a
+  small batch and image and, for transformers, one block (compilation,
+  most of a dry run's time, grows with the depth)."""
+  config.update(batch=4, batch_eval=4)
+  config.pp.crop = crop
+  transformer = config.model.get('transformer')
+  if transformer is not None and 'num_layers' in transformer:
+    transformer.num_layers = 1
+
+
 def part_reduced(options) -> Dict[str, Any]:
   config = load_config('vit_b16_reduced')
   config.pp.curriculum = ()  # Its final (and largest) size.
   if options['dry_run']:
-    config.update(batch=4, batch_eval=4)
-    config.pp.crop = 16
+    shrink_for_dry_run(config, 16)
   return time_step(config, options['dry_run'], CIFAR_CLASSES)
 
 
@@ -151,7 +161,7 @@ def part_cifar_steps(options) -> Dict[str, Any]:
     config = load_config(name)
     config.pp.crop = 32
     if options['dry_run']:
-      config.update(batch=4, batch_eval=4)
+      shrink_for_dry_run(config, 16)
     try:
       figures[name] = time_step(config, options['dry_run'], CIFAR_CLASSES)
     except Exception as e:  # pylint: disable=broad-except
