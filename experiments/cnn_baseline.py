@@ -1,14 +1,14 @@
 r"""Choosing the CNN baseline: small ResNets on Fashion-MNIST at equal time.
 
 The tuning behind configs/cnn_quickstart.py, the CNN that
-experiments/vit_vs_resnet.py sets against the ViT. Every candidate trains
-with the ViT quickstart's data, augmentation, optimizer and schedule
-(configs/quickstart.py), for the same wall-clock budget on this machine,
-so a slower network pays with fewer steps: first each architecture at the
-ViT's learning rate, then one architecture at other learning rates. The
+experiments/vit_vs_resnet.py sets against the ViT. Every candidate trains with
+the ViT quickstart's data, augmentation, optimizer and schedule
+(`common.fashion_mnist_training`), for the same wall-clock budget on this
+machine, so a slower network pays with fewer steps: first each architecture at
+the ViT's learning rate, then one architecture at other learning rates. The
 test split is the ViT's too, so this chooses on the numbers the comparison
-reports; the same was done for the ViT quickstart. Writes OUT.md (the
-table) and OUT.png (the curves), from these runs only:
+reports; the same was done for the ViT quickstart. Writes OUT.md (the table)
+and OUT.png (the curves), from these runs only:
 
   python -m experiments.cnn_baseline --out=docs/cnn_baseline --seconds=150
 """
@@ -23,7 +23,7 @@ from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 # Name -> (stem, units per stage, width factor, GroupNorm groups). The
@@ -47,7 +47,7 @@ def cnn_config(architecture: str,
         f'Unknown CNN architecture {architecture!r}; choose from '
         f'{", ".join(ARCHITECTURES)}.')
   stem, units, width_factor, groups = ARCHITECTURES[architecture]
-  config = quickstart.get_config()
+  config = common.fashion_mnist_training()
   with config.unlocked():
     config.model_type = 'resnet'
     config.model = presets.resnet_config(
@@ -81,7 +81,7 @@ def variants(options: Options) -> List[study.Variant]:
   if not options.architectures:
     raise errors.UserError('--architectures is empty: give e.g. '
                            f'{",".join(list(ARCHITECTURES)[:2])}.')
-  default_lr = quickstart.get_config().base_lr
+  default_lr = common.fashion_mnist_training().base_lr
   runs_wanted = [(a, default_lr) for a in options.architectures]
   runs_wanted += [(options.lr_architecture, lr) for lr in options.lrs
                   if lr != default_lr]
@@ -124,7 +124,7 @@ def best_row(rows):
 def write_report(options: Options, results: study.StudyResults):
   rows = sorted(results.rows, key=lambda r: -r['test_accuracy'])
   best = best_row(rows)
-  first = quickstart.get_config()
+  first = common.fashion_mnist_training()
   lines = results.header('Choosing the CNN baseline') + [
       '',
       f'Small BiT-style ResNets (basic units, GroupNorm, weight-standardised '

@@ -1,11 +1,11 @@
 r"""Resolution curriculum on vs off for the ViT, at one wall-clock budget.
 
-Trains the ViT of configs/quickstart.py for the same wall-clock time twice:
-at 28 px throughout, and with a curriculum of 14, 21 and 28 px images (equal
-thirds of the steps; with 7 px patches, grids of 2x2, 3x3 and 4x4), which
-buys more steps with cheaper early ones. Both end at Fashion-MNIST's native
-28 px and are tested there. Writes OUT.md (a table of the measured numbers
-and the method) and OUT.png (the curves), from these runs only:
+Trains the ViT of configs/quickstart_patchify.py for the same wall-clock time
+twice: at 28 px throughout, and with a curriculum of 14, 21 and 28 px images
+(equal thirds of the steps; with 7 px patches, grids of 2x2, 3x3 and 4x4),
+which buys more steps with cheaper early ones. Both end at Fashion-MNIST's
+native 28 px and are tested there. Writes OUT.md (a table of the measured
+numbers and the method) and OUT.png (the curves), from these runs only:
 
   python -m experiments.curriculum --out=docs/curriculum --seconds=400
 
@@ -26,7 +26,7 @@ from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 from vit_flax.data import curriculum as curriculum_lib
 
 
@@ -56,7 +56,7 @@ def schedule_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:
   splits the steps into equal phases, one per size, in steps so that it
   scales with the step count the budget allows.
   """
-  base = options.with_data(quickstart.get_config())
+  base = options.with_data(quickstart_patchify.get_config())
   patch = base.model.patches.size[0]
   sizes = tuple(options.sizes)
   bad = [s for s in sizes if s < patch or s % patch]
@@ -152,7 +152,7 @@ def write_report(options: Options, results: study.StudyResults):
   lines = results.header(
       'Resolution curriculum on vs off, same wall clock, Fashion-MNIST') + [
       '',
-      f'The ViT of configs/quickstart.py '
+      f'The ViT of configs/quickstart_patchify.py '
       f'({first.model.transformer.num_layers} blocks of width '
       f'{first.model.hidden_size}, {first.model.patches.size[0]}px patches) '
       f'trained for {options.seconds:.0f} s in all, at {sizes[-1]} px '

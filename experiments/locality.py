@@ -1,7 +1,7 @@
 r"""Locality in the ViT's MLP on vs off, on Fashion-MNIST, at one step budget.
 
-Trains the ViT of configs/quickstart.py twice for the same steps, with
-`model.locality=False` and `True` (the config's own setting): a 3x3
+Trains the ViT of configs/quickstart_patchify.py twice for the same steps,
+with `model.locality=False` and `True` (the config's own setting): a 3x3
 depthwise conv over the patch grid between the two dense layers of every
 MLP block (arXiv 2211.05187; a class token passes by it). Writes OUT.md (a
 table of the measured numbers) and OUT.png (the curves), from these runs only:
@@ -18,7 +18,7 @@ from experiments import budget
 from experiments import cli
 from experiments import report
 from experiments import study
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 
 SETTINGS = {'off': False, 'on': True}  # Table name -> model.locality.
 
@@ -35,7 +35,7 @@ class Options(cli.StudyOptions):
 
 def study_configs(options: Options) -> Dict[str, ml_collections.ConfigDict]:
   """Setting ('off', 'on') -> the config of that run, fitted to the budget."""
-  base = options.with_data(quickstart.get_config())
+  base = options.with_data(quickstart_patchify.get_config())
   configs = {}
   for name, locality in SETTINGS.items():
     config = budget.with_total_steps(base, options.steps, options.num_evals)
@@ -89,8 +89,9 @@ def write_report(options: Options, results: study.StudyResults):
   first = next(iter(runs.values())).config
   lines = results.header('Locality in the ViT MLP on Fashion-MNIST') + [
       '',
-      f'The ViT of configs/quickstart.py ({first.model.transformer.num_layers}'
-      f' blocks of width {first.model.hidden_size}, '
+      f'The ViT of configs/quickstart_patchify.py '
+      f'({first.model.transformer.num_layers} blocks of width '
+      f'{first.model.hidden_size}, '
       f'{first.model.patches.size[0]}px patches), without and with '
       '`model.locality=True`: a 3x3 depthwise conv (and GELU) over the patch '
       'grid between the two dense layers of every MLP block. Same data, '

@@ -1,11 +1,11 @@
 r"""Patch size 4 vs 7 for the ViT on 28x28 Fashion-MNIST.
 
-Trains the ViT of configs/quickstart.py with 7x7 patches (a 4x4 grid: 16
-patch tokens) and with 4x4 patches (7x7: 49) for the same number of steps,
+Trains the ViT of configs/quickstart_patchify.py with 7x7 patches (a 4x4 grid:
+16 patch tokens) and with 4x4 patches (7x7: 49) for the same number of steps,
 and again for the same wall-clock time. Only the patch embedding and the
-position-embedding table change with the patch; the blocks are the same.
-Writes OUT.md (a table of the measured numbers, training img/s included)
-and OUT.png (the curves), from these runs only:
+position-embedding table change with the patch; the blocks are the same. Writes
+OUT.md (a table of the measured numbers, training img/s included) and OUT.png
+(the curves), from these runs only:
 
   python -m experiments.patch_size --out=docs/patch_size --steps=1000 \
       --seconds=150
@@ -21,7 +21,7 @@ from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 from vit_flax.models import vit
 
 
@@ -41,7 +41,7 @@ class Options(cli.StudyOptions):
 
 def patch_config(options: Options, patch: int) -> ml_collections.ConfigDict:
   """The quickstart ViT with `patch`x`patch` patches."""
-  config = options.with_data(quickstart.get_config())
+  config = options.with_data(quickstart_patchify.get_config())
   size = config.pp.crop
   if patch < 1 or size % patch:
     raise errors.ConfigError(
@@ -114,8 +114,9 @@ def write_report(options: Options, results: study.StudyResults):
     notes += report.over_budget_notes(results.rows)
   lines = results.header('Patch size 4 vs 7 on 28x28 Fashion-MNIST') + [
       '',
-      f'The ViT of configs/quickstart.py ({first.model.transformer.num_layers}'
-      f' blocks of width {first.model.hidden_size}) on {first.pp.crop}px '
+      f'The ViT of configs/quickstart_patchify.py '
+      f'({first.model.transformer.num_layers} blocks of width '
+      f'{first.model.hidden_size}) on {first.pp.crop}px '
       f'images, with each patch size: {tokens}. Only the patch embedding and '
       'the position embeddings change; same data, optimiser, batch and '
       'schedule shape.',

@@ -1,14 +1,14 @@
 r"""What each ingredient of the data-efficient recipe is worth, at equal time.
 
 An ablation in the style of DeiT's (arXiv 2012.12877, Table 8) on
-Fashion-MNIST, every run given the same wall-clock budget on this machine:
-the quickstart (configs/quickstart.py, the baseline), then that baseline
-with one ingredient added (mixup, CutMix, RandAugment, TrivialAugment-wide,
-stochastic depth, an EMA of the weights), then the combination of
-configs/quickstart_recipe.py. Each run's
-step count is fitted to the budget after a short calibration run, so a
-costlier ingredient pays with fewer steps. Writes OUT.md (a table of the
-measured numbers) and OUT.png (the curves), from these runs only:
+Fashion-MNIST, every run given the same wall-clock budget on this machine: the
+first quickstart (configs/quickstart_patchify.py, the baseline), then that
+baseline with one ingredient added (mixup, CutMix, RandAugment,
+TrivialAugment-wide, stochastic depth, an EMA of the weights), then the
+combination of configs/quickstart_recipe.py. Each run's step count is fitted to
+the budget after a short calibration run, so a costlier ingredient pays with
+fewer steps. Writes OUT.md (a table of the measured numbers) and OUT.png (the
+curves), from these runs only:
 
   python -m experiments.recipe --out=docs/recipe --seconds=600
 """
@@ -23,14 +23,15 @@ from experiments import cli
 from experiments import report
 from experiments import study
 from vit_flax import errors
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 from vit_flax.configs import quickstart_recipe
 from vit_flax.models import presets
 
 
 def baseline_config() -> ml_collections.ConfigDict:
-  """The quickstart, its fields spelled out: what the ingredients join."""
-  config = quickstart.get_config()
+  """The first quickstart (configs/quickstart_patchify.py), its fields
+  spelled out: what the ingredients join."""
+  config = quickstart_patchify.get_config()
   with config.unlocked():
     config.model = presets.vit_config(
         'quickstart_baseline', patch=7, hidden_size=96, mlp_dim=192,
@@ -100,7 +101,8 @@ def variants(options: Options) -> List[study.Variant]:
                            f'{", ".join(INGREDIENTS)}.')
   baseline = options.with_data(baseline_config())
   result = [study.Variant('baseline', 'baseline', baseline,
-                          {'variant': 'baseline (configs/quickstart.py)'},
+                          {'variant':
+                               'baseline (configs/quickstart_patchify.py)'},
                           options.train_eval_split)]
   for name in options.ingredients:
     what, change = INGREDIENTS[name]
@@ -166,7 +168,7 @@ def write_report(options: Options, results: study.StudyResults):
       'fewer steps.',
       '',
       report.markdown_table(rows, COLUMNS),
-      '- Baseline: configs/quickstart.py (a ViT '
+      '- Baseline: configs/quickstart_patchify.py (a ViT '
       'of 4 blocks of width 96 on 7x7 patches with locality and a '
       'mean-pooled head; AdamW, label smoothing 0.1, flips and random '
       'erasing 0.5). Each "+" row adds one ingredient to it; the last row is '

@@ -7,8 +7,8 @@ steps:
 - cnn: the CNN baseline, configs/cnn_quickstart.py (a small ResNet with
   the ViT's data, augmentation, optimizer and schedule, chosen at equal
   wall clock by experiments/cnn_baseline.py);
-- vit_baseline: the ViT quickstart (configs/quickstart.py, which is
-  experiments/recipe.py's baseline);
+- vit_baseline: the first ViT quickstart (configs/quickstart_patchify.py,
+  which is experiments/recipe.py's baseline);
 - vit_recipe: the same ViT with the data-efficient recipe
   (configs/quickstart_recipe.py);
 - vit_spt_lsa: the same with Shifted Patch Tokenization and Locality
@@ -17,12 +17,20 @@ steps:
   (hard, DeiT's default) from the cnn run of the same subset and budget,
   whose training time the report states beside it;
 - vit_plain_spt_lsa, vit_plain_distill: SPT/LSA and distillation on the
-  quickstart ViT without the recipe (not run by default).
+  quickstart ViT without the recipe (not run by default);
+- vit_conv_stem: the first quickstart with an early-convolution stem in
+  place of its patchify conv (arXiv 2106.14881);
+- cct: CCT-2/3x2 (configs/cct_fashion_mnist.py: CCT's tokenizer, CCT's
+  blocks, SeqPool);
+- hybrid: convolution stages, then transformer blocks
+  (configs/hybrid_fashion_mnist.py);
+- quickstart: configs/quickstart.py, the transformer this study chose.
 
 A model given as `name@lr` (e.g. `vit_baseline@0.004`) trains at that
 peak learning rate instead of its config's, so one command can tune a
 model's learning rate at the budget beside the others, as
-experiments/cnn_baseline.py tuned the CNN's.
+experiments/cnn_baseline.py tuned the CNN's; `name+muon` (also
+`name+muon@lr`) trains it with Muon on its hidden matrices.
 
 Every run is tested on the whole test split. Writes OUT.md (tables of the
 measured numbers) and OUT.png (the curves), from these runs only:
@@ -43,9 +51,13 @@ from experiments import recipe
 from experiments import report
 from experiments import study
 from vit_flax import errors
+from vit_flax.configs import cct_fashion_mnist
 from vit_flax.configs import cnn_quickstart
+from vit_flax.configs import common
+from vit_flax.configs import hybrid_fashion_mnist
 from vit_flax.configs import quickstart
 from vit_flax.configs import quickstart_recipe
+from vit_flax.models import patch_embed
 
 
 def with_spt_lsa(
@@ -93,6 +105,20 @@ def patch4_config() -> ml_collections.ConfigDict:
   return config
 
 
+def conv_stem_config() -> ml_collections.ConfigDict:
+  """The first quickstart with the early-convolution stem of arXiv
+  2106.14881 in place of its 7x7 patchify conv: three stride-2 3x3 convs
+  (24, 48, 96 channels, GroupNorm, ReLU) and a 1x1 conv make the same 4x4
+  grid of tokens."""
+  config = recipe.baseline_config()
+  with config.unlocked():
+    config.model.model_name = 'quickstart_conv_stem'
+    config.model.patch_embedding = 'conv_stem'
+    config.model.tokenizer.layers = 3
+    config.model.tokenizer.width = 24
+  return config
+
+
 def describe(config: ml_collections.ConfigDict) -> str:
   """The model of a config in a few words."""
   model = config.model
@@ -103,23 +129,41 @@ def describe(config: ml_collections.ConfigDict) -> str:
             f'{"bottleneck" if model.bottleneck else "basic"} units in '
             f'stages of widths {widths}, GroupNorm of {model.norm_groups} '
             'groups')
-  patch = model.patches.size[0]
-  grid = config.pp.crop // patch
+  embedding = model.get('patch_embedding', 'conv')
+  if model.get('resnet') is not None:
+    root = model.resnet
+    return (f'hybrid: a BiT root ({root.stem} stem, '
+            f'{len(root.num_layers)} stages of '
+            f'{"bottleneck" if root.bottleneck else "basic"} units '
+            f'{tuple(root.num_layers)}, width factor {root.width_factor:g}), '
+            f'{model.patches.size[0]}x{model.patches.size[0]} patches of its '
+            f'feature map, then {model.transformer.num_layers} blocks of '
+            f'width {model.hidden_size}, {model.classifier} head')
+  grid = patch_embed.token_grid(
+      (config.pp.crop, config.pp.crop), embedding,
+      tuple(model.patches.size), model.get('tokenizer'))[0]
+  if embedding in patch_embed.TOKENIZERS:
+    settings = patch_embed.tokenizer_settings(embedding, model.tokenizer)
+    entry = (f'a {settings["layers"]}-layer '
+             f'{"CCT tokenizer" if embedding == "cct" else "conv stem"}')
+  else:
+    patch = model.patches.size[0]
+    entry = f'{patch}x{patch} patches'
   extras = [name for name, on in (
       ('SPT', model.get('patch_embedding') == 'spt'),
       ('LSA', model.transformer.get('attention') == 'lsa'),
       ('locality', model.get('locality')),
       ('distillation token', model.classifier == 'token_distill')) if on]
   return (f'ViT, {model.transformer.num_layers} blocks of width '
-          f'{model.hidden_size}, {patch}x{patch} patches ({grid}x{grid} '
-          f'grid), {model.classifier} head'
+          f'{model.hidden_size}, {entry} ({grid}x{grid} grid), '
+          f'{model.classifier} head'
           + (f', {", ".join(extras)}' if extras else ''))
 
 
 # Name -> (table name, config).
 MODELS: Dict[str, Tuple[str, Callable[[], ml_collections.ConfigDict]]] = {
     'cnn': ('CNN', cnn_quickstart.get_config),
-    'vit_baseline': ('ViT quickstart', recipe.baseline_config),
+    'vit_baseline': ('ViT quickstart (first)', recipe.baseline_config),
     'vit_patch4': ('ViT quickstart, 4x4 patches', patch4_config),
     'vit_recipe': ('ViT + recipe', quickstart_recipe.get_config),
     'vit_spt_lsa': ('ViT + recipe + SPT/LSA', spt_lsa_config),
@@ -128,6 +172,10 @@ MODELS: Dict[str, Tuple[str, Callable[[], ml_collections.ConfigDict]]] = {
     'vit_plain_spt_lsa': ('ViT quickstart + SPT/LSA', plain_spt_lsa_config),
     'vit_plain_distill': ('ViT quickstart + distillation from the CNN',
                           plain_distill_config),
+    'vit_conv_stem': ('ViT quickstart, conv stem', conv_stem_config),
+    'cct': ('CCT-2/3x2', cct_fashion_mnist.get_config),
+    'hybrid': ('C-C-T hybrid', hybrid_fashion_mnist.get_config),
+    'quickstart': ('Quickstart (configs/quickstart.py)', quickstart.get_config),
 }
 TEACHER = 'cnn'
 # The models that learn from the teacher.
@@ -170,28 +218,35 @@ def subset_split(percent: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A --models entry: a model of MODELS, at its config's learning rate or
-  at `lr`."""
+  """A --models entry: a model of MODELS, with its config's optimizer or
+  Muon (`muon`), at its config's learning rate or at `lr`."""
 
   model: str
   lr: Optional[float] = None
+  muon: bool = False
 
   @property
   def key(self) -> str:
-    """Names its workdirs: the model, with the learning rate if given."""
-    return self.model if self.lr is None else f'{self.model}_lr{self.lr:g}'
+    """Names its workdirs: the model, its optimizer if changed, and the
+    learning rate if given."""
+    key = self.model + ('_muon' if self.muon else '')
+    return key if self.lr is None else f'{key}_lr{self.lr:g}'
 
   @property
   def name(self) -> str:
     """Its name in the tables."""
-    name = MODELS[self.model][0]
+    name = MODELS[self.model][0] + (', Muon' if self.muon else '')
     return name if self.lr is None else f'{name}, lr {self.lr:g}'
 
   def config(self) -> ml_collections.ConfigDict:
     config = MODELS[self.model][1]()
-    if self.lr is not None:
-      with config.unlocked():
+    with config.unlocked():
+      if self.lr is not None:
         config.base_lr = self.lr
+      if self.muon:
+        # Muon on the hidden matrices, AdamW (the configs' optimizer) on
+        # the rest, at one learning rate (config.muon.consistent_rms).
+        config.optimizer = 'muon'
     return config
 
 
@@ -201,10 +256,16 @@ def parse_models(models) -> List[ModelSpec]:
   specs = []
   for entry in models:
     model, _, lr = entry.partition('@')
+    model, plus, optimizer = model.partition('+')
     if model not in MODELS:
       raise errors.UserError(
           f'Unknown model {model!r} in --models; choose from '
-          f'{", ".join(MODELS)}, each optionally as NAME@LR.')
+          f'{", ".join(MODELS)}, each optionally as NAME+muon, NAME@LR or '
+          'NAME+muon@LR.')
+    if plus and optimizer != 'muon':
+      raise errors.UserError(
+          f'--models entry {entry!r}: the only optimizer a model takes '
+          f'after + is muon (e.g. {model}+muon), not {optimizer!r}.')
     value = None
     if lr:
       try:
@@ -215,10 +276,11 @@ def parse_models(models) -> List[ModelSpec]:
         raise errors.UserError(
             f'--models entry {entry!r}: the learning rate after @ must be a '
             'positive number, e.g. vit_baseline@0.004.')
-    specs.append(ModelSpec(model, value))
+    specs.append(ModelSpec(model, value, muon=bool(plus)))
   if len({s.key for s in specs}) != len(specs):
     raise errors.UserError(f'--models {",".join(models)} names a model '
-                           'twice at the same learning rate.')
+                           'twice with the same optimizer and learning '
+                           'rate.')
   return specs
 
 
@@ -356,22 +418,41 @@ def panels(options, results: study.StudyResults):
   return out
 
 
+def training_differs(config, recipe_config) -> bool:
+  """Whether a config trains otherwise than the Fashion-MNIST recipe."""
+  fields = ('optimizer', 'weight_decay', 'label_smoothing', 'batch',
+            'total_steps', 'warmup_steps', 'decay_type', 'ema_decay',
+            'mixup', 'cutmix')
+  return (any(config[f] != recipe_config[f] for f in fields) or
+          config.pp.to_dict() != recipe_config.pp.to_dict())
+
+
 def training_notes(options: Options, specs: List[ModelSpec]) -> List[str]:
   """How the runs were trained, saying only what holds for the models that
   this report compares."""
-  first = quickstart.get_config()
+  first = common.fashion_mnist_training()
   models = {s.model for s in specs}
   recipe_models = models & {'vit_recipe', 'vit_spt_lsa', 'vit_distill'}
+  others = sorted(
+      spec.name for spec in specs
+      if not spec.muon and spec.model not in recipe_models and
+      training_differs(spec.config(), first))
   notes = [
       '- Every model trains with the data, augmentation, optimizer and '
-      f'schedule of configs/quickstart.py ({first.optimizer}, warm-up then '
-      f'{first.decay_type}) at the peak learning rate in its row: its '
-      'config\'s unless its name gives one (configs/quickstart.py has '
-      f'{first.base_lr:g}, configs/cnn_quickstart.py '
+      'schedule of the Fashion-MNIST configs (`common.fashion_mnist_'
+      f'training`: {first.optimizer}, warm-up then {first.decay_type}, '
+      f'{first.total_steps} steps at most) at the peak learning rate in its '
+      'row: its config\'s unless its name gives one (the first quickstart '
+      f'has {first.base_lr:g}, configs/cnn_quickstart.py '
       f'{cnn_quickstart.get_config().base_lr:g}, chosen at 150 s by '
       'experiments/cnn_baseline.py).'
       + (' The recipe ViTs add the recipe of configs/quickstart_recipe.py '
-         'to it.' if recipe_models else ''),
+         'to it.' if recipe_models else '')
+      + (f' These use their own configs\' training: {", ".join(others)}.'
+         if others else '')
+      + (' ", Muon" in a name: Muon on the hidden matrices and AdamW on the '
+         'rest (`config.optimizer=\'muon\'`), at the same learning rate.'
+         if any(spec.muon for spec in specs) else ''),
       '- Subsets are the first examples of the training set (TFDS slicing, '
       'e.g. `train[:10%]`); a smaller subset is seen for more epochs. The '
       'test accuracy is over the whole test split.',
@@ -415,7 +496,7 @@ def write_report(options: Options, results: study.StudyResults):
       '',
       *training_notes(options, specs),
       *report.over_budget_notes(rows),
-      *report.cost_notes(quickstart.get_config().pp.crop),
+      *report.cost_notes(common.fashion_mnist_training().pp.crop),
   ]
   report.write_report(options.out, lines, panels(options, results), ncols=2)
 

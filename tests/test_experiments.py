@@ -26,7 +26,7 @@ from experiments import vit_vs_resnet
 from vit_flax import errors
 from vit_flax.configs import cnn_quickstart
 from vit_flax.configs import common as common_config
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 from vit_flax.data import datasets
 from vit_flax.models import stats
 
@@ -161,7 +161,7 @@ def test_calibrate_refuses_what_it_cannot_time(data_dir, monkeypatch):
 
 
 def test_with_total_steps_scales_the_schedule():
-  config = quickstart.get_config()
+  config = quickstart_patchify.get_config()
   config = budget.with_total_steps(config, 400, num_evals=4)
   assert (config.total_steps, config.warmup_steps) == (400, 20)
   assert config.eval_every == 100
@@ -292,7 +292,7 @@ def test_vit_vs_resnet_models_take_a_learning_rate(data_dir):
   assert [(v.key, v.config.base_lr) for v in variants] == [
       ('cnn_10', 8e-3), ('vit_baseline_10', 2e-3),
       ('vit_baseline_lr0.004_10', 4e-3), ('vit_distill_10', 2e-3)]
-  assert variants[2].cells['model'] == 'ViT quickstart, lr 0.004'
+  assert variants[2].cells['model'] == 'ViT quickstart (first), lr 0.004'
   assert variants[2].cells['model_key'] == 'vit_baseline'
   assert variants[2].cells['base_lr'] == 4e-3
   for bad in ('vit_baseline@fast', 'vit_baseline@-1', 'resnet50'):
@@ -300,6 +300,36 @@ def test_vit_vs_resnet_models_take_a_learning_rate(data_dir):
       vit_vs_resnet.parse_models((bad,))
   with pytest.raises(errors.UserError, match='twice'):
     vit_vs_resnet.parse_models(('cnn@0.01', 'cnn@1e-2'))
+
+
+def test_vit_vs_resnet_models_take_muon(data_dir):
+  options = vit_vs_resnet.Options(
+      models=('cnn', 'cct', 'cct+muon', 'vit_conv_stem+muon@0.004'),
+      percents=(10,), fashion_mnist_dir=data_dir)
+  variants = vit_vs_resnet.variants(options)
+  assert [(v.key, v.config.optimizer, v.config.base_lr) for v in variants] == [
+      ('cnn_10', 'adamw', 8e-3), ('cct_10', 'adamw', 2e-3),
+      ('cct_muon_10', 'muon', 2e-3),
+      ('vit_conv_stem_muon_lr0.004_10', 'muon', 4e-3)]
+  assert variants[2].cells['model'] == 'CCT-2/3x2, Muon'
+  assert variants[2].cells['model_key'] == 'cct'
+  # Only the optimizer differs from the model with AdamW.
+  assert differences(variants[1].config.to_dict(),
+                     variants[2].config.to_dict()) == ['optimizer']
+  with pytest.raises(errors.UserError, match="not 'sgd'"):
+    vit_vs_resnet.parse_models(('cct+sgd',))
+  with pytest.raises(errors.UserError, match='twice'):
+    vit_vs_resnet.parse_models(('cct+muon', 'cct+muon'))
+
+
+def test_vit_vs_resnet_describes_tokenizers_and_hybrids():
+  stem = vit_vs_resnet.describe(vit_vs_resnet.conv_stem_config())
+  assert 'a 3-layer conv stem (4x4 grid)' in stem
+  cct = vit_vs_resnet.describe(vit_vs_resnet.MODELS['cct'][1]())
+  assert 'a 2-layer CCT tokenizer (7x7 grid)' in cct
+  assert 'seqpool head' in cct
+  hybrid = vit_vs_resnet.describe(vit_vs_resnet.MODELS['hybrid'][1]())
+  assert hybrid.startswith('hybrid: a BiT root (cifar stem, 2 stages')
 
 
 def test_vit_vs_resnet_compares_with_the_best_cnn():
@@ -330,7 +360,7 @@ def test_cnn_baseline_sweeps_architectures_then_learning_rates():
   assert variants[1].cells['widths'] == '16-32-64'
   assert all(v.config.pp.train == 'train[:10%]' for v in variants)
   # Only the model (and the learning rate) differ from the ViT quickstart.
-  vit = quickstart.get_config().to_dict()
+  vit = quickstart_patchify.get_config().to_dict()
   changed = {k for k, v in variants[2].config.to_dict().items()
              if vit.get(k) != v}
   assert changed == {'model', 'model_type', 'base_lr', 'pp'}
@@ -339,7 +369,7 @@ def test_cnn_baseline_sweeps_architectures_then_learning_rates():
 
 
 def test_the_cnn_costs_the_same_order_as_the_vit():
-  vit, cnn = quickstart.get_config(), cnn_quickstart.get_config()
+  vit, cnn = quickstart_patchify.get_config(), cnn_quickstart.get_config()
   ratio = (stats.config_flops(cnn, 10) /
            stats.config_flops(vit, 10))
   assert 1 / 3 < ratio < 3
@@ -413,8 +443,8 @@ def test_budgets_label_their_runs_and_fit_steps():
   assert seconds.calibration_steps == 20
   assert budget.budgets_of(0, 30.0, 20) == [seconds]
   assert budget.budgets_of(100, 0, 20) == [steps]
-  config, timing = steps.fit('quickstart', quickstart.get_config(), '/unused',
-                             num_evals=2)
+  config, timing = steps.fit('quickstart', quickstart_patchify.get_config(),
+                             '/unused', num_evals=2)
   assert (config.total_steps, config.eval_every, timing) == (100, 50, None)
   with pytest.raises(errors.ConfigError, match='--seconds=0'):
     budget.same_wall_clock(0, calibration_steps=20)
@@ -432,7 +462,7 @@ def test_over_budget_notes_name_only_runs_that_overran():
 
 
 def test_budget_panels_draw_runs_on_the_axis_of_their_budget():
-  config = budget.with_total_steps(quickstart.get_config(), 20)
+  config = budget.with_total_steps(quickstart_patchify.get_config(), 20)
   # Began 10 s before its first step: seconds are steps + 10.
   run = dataclasses.replace(fake_run_training('r', config, '/unused'),
                             start_time=-10.0)

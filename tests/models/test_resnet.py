@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from vit_flax import errors
 from vit_flax.configs import common
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 from vit_flax.configs import resnet_quickstart
 from vit_flax.models import presets
 from vit_flax.models import stats
@@ -235,9 +235,9 @@ def test_presets_build_with_the_expected_parameter_counts(
     assert count == known_count
 
 
-def test_quickstart_config_is_the_vit_quickstart_with_a_resnet18():
+def test_quickstart_config_is_the_first_vit_quickstart_with_a_resnet18():
   config = resnet_quickstart.get_config()
-  vit_config = quickstart.get_config()
+  vit_config = quickstart_patchify.get_config()
   differences = {k for k in config if config[k] != vit_config[k]}
   assert differences == {'model_type', 'model'}
   assert config.model.stem == 'cifar'

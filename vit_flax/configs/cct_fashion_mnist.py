@@ -5,18 +5,18 @@ tokenizer of two [3x3 conv, ReLU, 3x3/2 max-pool] layers (64, then 128
 channels) makes a 7x7 grid of tokens of the 28 px image, then 2 blocks of
 width 128 (2 heads, MLP 128), SeqPool and the head. CCT's block and
 regularisation as the preset (presets.cct_config). Data, augmentation,
-optimizer and schedule are the quickstart's (configs/quickstart.py), not
-tuned for this model.
+optimizer and schedule are those of the Fashion-MNIST configs
+(`common.fashion_mnist_training`), not tuned for this model.
 
 python main.py --config=configs/cct_fashion_mnist.py --workdir=/tmp/cct_fm
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 
 def get_config():
-  config = quickstart.get_config()  # Data, augmentation, optimizer, schedule.
+  config = common.fashion_mnist_training()
   with config.unlocked():
     config.model = presets.get_model_config('CCT-2/3x2')
     config.model.model_name = 'cct_fashion_mnist'

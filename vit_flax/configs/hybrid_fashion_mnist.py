@@ -1,22 +1,23 @@
 """Convolution stages, then transformer blocks (C-C-T) on Fashion-MNIST.
 
-CoAtNet's layout (arXiv 2106.04803) at the quickstart's scale: a small BiT
+CoAtNet's layout (arXiv 2106.04803) at the first quickstart's scale: a small BiT
 root (the hybrid ViT's `model.resnet`) of a 3x3/1 stem and two stages of one
 basic unit (16 channels at 28x28, 32 at 14x14; GroupNorm of 8 groups), a 2x2
 patch embedding of its feature map (a 7x7 grid, 49 tokens), then the
-quickstart's 4 transformer blocks of width 96 with the mean of the tokens
+first quickstart's 4 transformer blocks of width 96 with the mean of the tokens
 as the representation. Data, augmentation, optimizer and schedule are the
-quickstart's (configs/quickstart.py), not tuned for this model.
+Fashion-MNIST configs' (`common.fashion_mnist_training`), not tuned for
+this model.
 
 python main.py --config=configs/hybrid_fashion_mnist.py --workdir=/tmp/hybrid
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 
 def get_config():
-  config = quickstart.get_config()  # Data, augmentation, optimizer, schedule.
+  config = common.fashion_mnist_training()
   with config.unlocked():
     config.model = presets.vit_config(
         'hybrid_fashion_mnist',

@@ -1,6 +1,6 @@
 """The quickstart's ViT with the data-efficient recipe (DeiT-style).
 
-configs/quickstart.py plus RandAugment (2 ops, magnitude 9), random erasing
+configs/quickstart_patchify.py (the first quickstart) plus RandAugment (2 ops, magnitude 9), random erasing
 0.25 (instead of 0.5), stochastic depth 0.1 and an EMA of the weights
 (decay 0.999), trained 7,000 steps (30 epochs) to fill the quickstart's
 15-minute budget on 2 CPU cores. docs/experiments.md has what it reached;
@@ -9,11 +9,11 @@ docs/recipe.md what each ingredient is worth at equal wall clock.
 python main.py --config=configs/quickstart_recipe.py --workdir=/tmp/recipe
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import quickstart_patchify
 
 
 def get_config():
-  config = quickstart.get_config()
+  config = quickstart_patchify.get_config()
   with config.unlocked():
     config.pp.randaugment = (2, 9)
     config.pp.random_erase = 0.25

@@ -1,6 +1,6 @@
 """A ResNet-8 at half width: the CNN that a CPU trains as fast as the ViT.
 
-The CNN baseline of configs/quickstart.py where configs/resnet_quickstart.py
+The CNN baseline of configs/quickstart_patchify.py where configs/resnet_quickstart.py
 (BiT-R18, CIFAR stem: 864 MFLOPs per image) is far too slow for a CPU. The
 BiT units (GroupNorm, weight-standardised convs), with three stages of one
 basic unit each at widths 32, 64 and 128, and the ImageNet stem: its
@@ -13,12 +13,12 @@ this network tuned (GroupNorm of 8 groups, its own learning rate).
 python main.py --config=configs/resnet8_quickstart.py --workdir=/tmp/resnet8
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 
 def get_config():
-  config = quickstart.get_config()  # Data, optimizer, schedule.
+  config = common.fashion_mnist_training()  # Data, optimizer, schedule.
   with config.unlocked():
     config.model_type = 'resnet'
     # Units per stage (1, 1, 1): 1 stem + 3 x 2 convs + 1 head = 8 layers.

@@ -1,4 +1,5 @@
-"""ResNet-18 on Fashion-MNIST: the CNN baseline to configs/quickstart.py.
+"""ResNet-18 on Fashion-MNIST: the CNN baseline to the first
+quickstart (configs/quickstart_patchify.py).
 
 Same data, optimizer and schedule as the ViT quickstart; the model is the
 BiT-R18 preset (GroupNorm, weight-standardised convs) with a CIFAR-style
@@ -9,12 +10,12 @@ accelerator, hours on a CPU; --config.model.width_factor=0.5 halves that.
 python main.py --config=configs/resnet_quickstart.py --workdir=/tmp/resnet_qs
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 
 def get_config():
-  config = quickstart.get_config()  # Data, optimizer, schedule.
+  config = common.fashion_mnist_training()  # Data, optimizer, schedule.
   with config.unlocked():
     config.model_type = 'resnet'
     config.model = presets.get_model_config('BiT-R18')

@@ -1,6 +1,6 @@
 """A staged ViT (width 64, then 128) on Fashion-MNIST, trained on 2 CPU cores.
 
-Same data and recipe as configs/quickstart.py. The 4x4 patch grid is pooled
+Same data and recipe as configs/quickstart_patchify.py. The 4x4 patch grid is pooled
 to 2x2 between the stages (PiT); --config.model.transition=linear keeps the
 grid and projects the tokens instead. configs/vit_tower_quickstart.py is its
 constant-width twin with the same parameter count (within 4%).
@@ -8,12 +8,12 @@ constant-width twin with the same parameter count (within 4%).
 python main.py --config=configs/vit_staged_quickstart.py --workdir=/tmp/staged
 """
 
-from vit_flax.configs import quickstart
+from vit_flax.configs import common
 from vit_flax.models import presets
 
 
 def get_config():
-  config = quickstart.get_config()
+  config = common.fashion_mnist_training()
   with config.unlocked():
     config.model_type = 'staged'  # models.staged.StagedVisionTransformer.
     config.model = presets.staged_config(
