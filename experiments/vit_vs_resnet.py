@@ -434,14 +434,16 @@ def training_notes(options: Options, specs: List[ModelSpec]) -> List[str]:
   models = {s.model for s in specs}
   recipe_models = models & {'vit_recipe', 'vit_spt_lsa', 'vit_distill'}
   others = sorted(
-      spec.name for spec in specs
+      f'{spec.name} ({spec.config().optimizer}, '
+      f'{spec.config().total_steps} steps)' for spec in specs
       if not spec.muon and spec.model not in recipe_models and
       training_differs(spec.config(), first))
   notes = [
       '- Every model trains with the data, augmentation, optimizer and '
       'schedule of the Fashion-MNIST configs (`common.fashion_mnist_'
       f'training`: {first.optimizer}, warm-up then {first.decay_type}, '
-      f'{first.total_steps} steps at most) at the peak learning rate in its '
+      f'a {first.total_steps}-step schedule fitted to each budget) at the '
+      'peak learning rate in its '
       'row: its config\'s unless its name gives one (the first quickstart '
       f'has {first.base_lr:g}, configs/cnn_quickstart.py '
       f'{cnn_quickstart.get_config().base_lr:g}, chosen at 150 s by '

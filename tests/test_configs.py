@@ -78,7 +78,8 @@ def test_cct_cifar10_recipe_trains_on_mock_data(tmp_path):
 
 
 @pytest.mark.slow  # 15-30 s each here, compilation included.
-@pytest.mark.parametrize('name', ['cct_fashion_mnist', 'hybrid_fashion_mnist'])
+@pytest.mark.parametrize(
+    'name', ['quickstart', 'cct_fashion_mnist', 'hybrid_fashion_mnist'])
 def test_fashion_mnist_configs_train_on_idx_files(name, tmp_path):
   write_fashion_mnist(tmp_path / 'data', 64, 16)
   config = short_run(importlib.import_module(f'configs.{name}').get_config())

@@ -2,10 +2,12 @@
 
 The first quickstart's ViT (configs/quickstart_patchify.py: 4 attention
 blocks of width 96 over a 4x4 grid of tokens, a depthwise conv in every
-MLP, the mean of the tokens to the head) with the two changes that paid at
-equal wall clock in docs/vit_vs_resnet.md and docs/quickstart_ablation.md:
-an early-convolution stem in place of the 7x7 patchify conv, and Muon on
-the hidden matrices. Attention still does all the global mixing.
+MLP, the mean of the tokens to the head) with the two changes that paid
+(docs/experiments.md, docs/vit_vs_resnet_tokenizers.md): an
+early-convolution stem in place of the 7x7 patchify conv, and Muon on the
+hidden matrices. 372k parameters, 12.9 MFLOPs per image. Attention still
+does all the global mixing. 92.6 % test accuracy in 8.3 minutes on 2 vCPUs
+(AMD EPYC, tcmalloc).
 
 python main.py --config=quickstart --workdir=/tmp/quickstart
 """
