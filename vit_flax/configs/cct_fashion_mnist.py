@@ -20,4 +20,4 @@ def get_config():
   with config.unlocked():
     config.model = presets.get_model_config('CCT-2/3x2')
     config.model.model_name = 'cct_fashion_mnist'
-  return config
+  return config.lock()

@@ -27,4 +27,4 @@ def get_config():
         bottleneck=False, width_factor=0.5, stem='imagenet', norm_groups=8)
     # The sweep's best; it rose from 1e-3 to 8e-3, the largest tried.
     config.base_lr = 8e-3
-  return config
+  return config.lock()

@@ -28,4 +28,4 @@ def get_config():
     config.model.resnet.stem = 'cifar'  # One 3x3/1 conv, no pool.
     config.model.resnet.bottleneck = False  # Basic units.
     config.model.resnet.norm_groups = 8
-  return config
+  return config.lock()

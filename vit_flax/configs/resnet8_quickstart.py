@@ -25,4 +25,4 @@ def get_config():
     config.model = presets.resnet_config(
         'ResNet-8x0.5', num_layers=(1, 1, 1), bottleneck=False,
         width_factor=0.5, stem='imagenet')
-  return config
+  return config.lock()

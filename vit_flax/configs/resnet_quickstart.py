@@ -20,4 +20,4 @@ def get_config():
     config.model_type = 'resnet'
     config.model = presets.get_model_config('BiT-R18')
     config.model.stem = 'cifar'  # 3x3/1 conv, no max-pool: 28-7 px stages.
-  return config
+  return config.lock()

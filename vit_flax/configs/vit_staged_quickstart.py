@@ -25,4 +25,4 @@ def get_config():
             (2, 128, 4, 256),  # 4 pooled patches at width 128.
         ),
         transition='pool')  # pool (PiT) | linear.
-  return config
+  return config.lock()

@@ -19,4 +19,4 @@ def get_config():
     config.model = presets.vit_config(
         'tower_quickstart', patch=7, hidden_size=100, mlp_dim=200,
         num_heads=4, num_layers=4)
-  return config
+  return config.lock()
