@@ -433,11 +433,11 @@ def training_notes(options: Options, specs: List[ModelSpec]) -> List[str]:
   first = common.fashion_mnist_training()
   models = {s.model for s in specs}
   recipe_models = models & {'vit_recipe', 'vit_spt_lsa', 'vit_distill'}
+  configs = {spec: spec.config() for spec in specs
+             if not spec.muon and spec.model not in recipe_models}
   others = sorted(
-      f'{spec.name} ({spec.config().optimizer}, '
-      f'{spec.config().total_steps} steps)' for spec in specs
-      if not spec.muon and spec.model not in recipe_models and
-      training_differs(spec.config(), first))
+      f'{spec.name} ({config.optimizer}, {config.total_steps} steps)'
+      for spec, config in configs.items() if training_differs(config, first))
   notes = [
       '- Every model trains with the data, augmentation, optimizer and '
       'schedule of the Fashion-MNIST configs (`common.fashion_mnist_'
