@@ -52,6 +52,7 @@ def assert_loss_falls(workdir):
       [losses[s] for s in steps[:2]]), losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['vit_cifar10_scratch', 'vit_b16_reduced'])
 def test_recipe_trains_on_mock_data(name, tmp_path):
   config = short_run(importlib.import_module(f'configs.{name}').get_config())
@@ -89,6 +90,7 @@ def test_fashion_mnist_configs_train_on_idx_files(name, tmp_path):
   assert_loss_falls(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_tinyimagenet_recipe_trains_on_an_image_folder(tmp_path):
   rng = np.random.RandomState(0)
   for split in ('train', 'test'):

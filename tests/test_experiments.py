@@ -46,6 +46,7 @@ def data_dir(tmp_path_factory):
 
 
 # Every study starts through `study.Study.run_as_command`; two stand for all.
+@pytest.mark.slow
 @pytest.mark.parametrize('name,own_flag', [('locality', '--train_split'),
                                            ('staged_vs_tower', '--models')])
 def test_study_commands_start(name, own_flag):
@@ -496,6 +497,7 @@ def table_rows(markdown):
   return rows
 
 
+@pytest.mark.slow
 def test_report_holds_only_what_the_runs_measured(data_dir, tmp_path):
   options = locality.Options(
       out=str(tmp_path / 'docs' / 'locality'),

@@ -107,6 +107,7 @@ def preset_image_size(name):
   return 4 * preset.patches.size[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', preset_params())
 def test_every_preset_gives_sane_figures(name):
   config = preset_config(name, preset_image_size(name))
@@ -124,6 +125,7 @@ def test_every_preset_gives_sane_figures(name):
       assert want <= results['flops_per_image'] <= 1.3 * want
 
 
+@pytest.mark.slow
 def test_model_flops_are_the_math_of_the_model_once():
   """Neither remat recompute nor the accumulation loop change them."""
   def figures(**model_overrides):
@@ -144,6 +146,7 @@ def test_model_flops_are_the_math_of_the_model_once():
           1.1 * plain['compiled_flops_per_device_step'])
 
 
+@pytest.mark.slow
 def test_command_line_prints_a_table_and_a_json_line(data):
   """Two devices, params split over both; the data read from files."""
   result = subprocess.run(
@@ -196,6 +199,7 @@ def test_batched_preprocessing_gives_the_same_batches(data, size):
     np.testing.assert_array_equal(g['label'], w['label'])
 
 
+@pytest.mark.slow
 def test_bad_config_is_a_clear_error():
   result = subprocess.run(
       [sys.executable, '-m', 'vit_flax.bench.benchmark',

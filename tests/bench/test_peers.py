@@ -145,6 +145,7 @@ def test_missing_torch_and_vit_jax_are_unavailable(monkeypatch):
     peers.build_vit_jax(row, batch, {}, vit_jax_path=REPO)
 
 
+@pytest.mark.slow
 def test_command_line_tiny_row_without_torch(tmp_path):
   """vit_flax twice (the second with an XLA compiler option of its own),
   timm without torch, vit_jax without a checkout."""

@@ -30,6 +30,7 @@ def run_main(*args, env=None):
     (['--config=quikstart'], ['quikstart', 'did you mean --config=quickstart',
                               'vit_b16_finetune, vit_b16_reduced']),
 ])
+@pytest.mark.slow
 def test_bad_config_flags_are_one_paragraph_and_exit_nonzero(
     args, expected, tmp_path):
   done = run_main(*args, f'--workdir={tmp_path}/run')
@@ -43,6 +44,7 @@ def test_bad_config_flags_are_one_paragraph_and_exit_nonzero(
   assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_a_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
   bad = tmp_path / 'broken.py'
   bad.write_text('def get_config():\n  return {\n')
@@ -57,6 +59,7 @@ def test_a_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
   assert done.returncode != 0 and 'Traceback' in done.stderr
 
 
+@pytest.mark.slow
 def test_print_config_lists_every_field_with_its_comment():
   done = run_main('--config=configs/quickstart.py', '--print_config',
                   '--config.total_steps=77')
@@ -96,6 +99,7 @@ def test_shipped_configs_are_named_without_a_path_from_any_folder(
     cli.load_config_file('resnet8_quickstrat')
 
 
+@pytest.mark.slow
 def test_train_command_takes_a_config_name(tmp_path):
   done = run_main('--config=vit_b16_finetune:cifar100', '--print_config',
                   '--config.total_steps=77')

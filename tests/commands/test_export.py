@@ -511,6 +511,7 @@ def test_failure_while_writing_leaves_no_temp_file(tmp_path, monkeypatch,
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_command_prints_the_loading_code_and_fails_clearly(tmp_path):
   config = run_config('gap', 'tanh')
   workdir = make_workdir(tmp_path / 'run', config, random_params(config))
@@ -561,6 +562,7 @@ export.write_atomically(out, files, overwrite=True)
 
 
 # A file killed while written, a folder killed between the two renames.
+@pytest.mark.slow
 @pytest.mark.parametrize('name, where', [('model.safetensors', 'writing'),
                                          ('hf', 'swapping')])
 def test_a_later_export_cleans_up_after_one_killed_midway(tmp_path, name,

@@ -129,6 +129,7 @@ def test_text_json_and_grid_outputs(run):
   assert grid.std() > 0
 
 
+@pytest.mark.slow
 def test_cli_predicts_the_good_files_and_exits_nonzero_on_bad_ones(run,
                                                                    tmp_path):
   model = run.config.model.to_dict()

@@ -261,6 +261,7 @@ def test_filters_of_a_hybrid_are_not_shown_as_rgb():
     drawing.patch_filters_figure(np.zeros((1, 1, 64, 16)))
 
 
+@pytest.mark.slow
 def test_cli_writes_the_figures_of_an_npz_and_reports_bad_files(tmp_path):
   config, _, params = tiny_vit()
   npz.save(params, tmp_path / 'model.npz')

@@ -489,6 +489,7 @@ def test_quickstart_trains_on_the_devices_without_tensorflow_and_resumes(
     np.testing.assert_array_equal(final['parts'][key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_the_training_path_imports_no_tensorflow_even_where_installed(
     tmp_path):
   # tensorboard imports TensorFlow where it is installed when some of its

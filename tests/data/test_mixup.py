@@ -276,6 +276,7 @@ print('sharded ok')
 """
 
 
+@pytest.mark.slow
 def test_two_device_mesh_mixes_like_one_device():
   script = SHARDED_SCRIPT % (REPO, helpers.TESTS,
                              os.path.dirname(os.path.abspath(__file__)))

@@ -42,6 +42,7 @@ def data(tmp_path_factory):
 # In-process runs on the same data, for config changes and bad input.
 
 
+@pytest.mark.slow
 def test_changed_fields_that_cannot_change_are_named(tmp_path, data):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)
@@ -57,6 +58,7 @@ def test_changed_fields_that_cannot_change_are_named(tmp_path, data):
     loop.train_and_evaluate(small_config(data, batch=16), workdir)
 
 
+@pytest.mark.slow
 def test_changed_total_steps_is_honoured(tmp_path, data, caplog):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)
@@ -93,6 +95,7 @@ def assert_same_params(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', [truncate_arrays, overwrite_arrays])
 def test_a_corrupt_checkpoint_is_set_aside_and_the_run_resumes(
     tmp_path, data, caplog, damage):
@@ -114,6 +117,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_run_resumes(
   assert_same_params(state.params, whole.params)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path, data):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)
@@ -126,6 +130,7 @@ def test_every_checkpoint_corrupt_is_a_clear_error(tmp_path, data):
   assert committed_steps(workdir) == []
 
 
+@pytest.mark.slow
 def test_a_corrupt_best_checkpoint_is_set_aside(tmp_path, data, caplog):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data, eval_every=2), workdir)
@@ -142,6 +147,7 @@ def test_a_corrupt_best_checkpoint_is_set_aside(tmp_path, data, caplog):
   assert [n for n in os.listdir(best) if n.isdigit()]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
     tmp_path, data, monkeypatch, caplog):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
@@ -200,6 +206,7 @@ def test_a_full_disk_stops_the_run_and_the_previous_checkpoint_resumes(
   assert_same_params(state.params, whole.params)
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path, data, monkeypatch):
   make_train_step = step_lib.make_train_step
@@ -229,6 +236,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert all(int(n) <= 4 for n in best if n.isdigit())
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data):
   workdir = str(tmp_path)
   config = small_config(data)
@@ -287,6 +295,7 @@ def stop_at(step_to_stop):
   return lambda handler, step: step == step_to_stop
 
 
+@pytest.mark.slow
 def test_ema_and_mixing_resume_bit_for_bit(tmp_path, data, monkeypatch):
   def config():
     return small_config(data, total_steps=8, ema_decay=0.9, mixup=0.8,
@@ -317,6 +326,7 @@ def test_ema_and_mixing_resume_bit_for_bit(tmp_path, data, monkeypatch):
   assert jax.tree.structure(best) == jax.tree.structure(ema)
 
 
+@pytest.mark.slow
 def test_ema_cannot_be_turned_on_when_resuming(tmp_path, data):
   workdir = str(tmp_path)
   loop.train_and_evaluate(small_config(data), workdir)

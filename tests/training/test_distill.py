@@ -98,6 +98,7 @@ def test_a_distillation_head_needs_a_teacher(data, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_bad_teachers_are_clear_errors_before_any_work(data, teacher,
                                                        tmp_path):
   workdir = tmp_path / 'run'
@@ -116,6 +117,7 @@ def test_bad_teachers_are_clear_errors_before_any_work(data, teacher,
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_the_student_learns_and_the_teacher_stays_frozen(data, teacher,
                                                          tmp_path):
   loaded = distill.load_teacher(student_config(data, teacher), 10, 28)
@@ -139,6 +141,7 @@ def test_the_student_learns_and_the_teacher_stays_frozen(data, teacher,
                                 state.params['head_dist']['kernel'])
 
 
+@pytest.mark.slow
 def test_distillation_resumes_bit_for_bit(data, teacher, tmp_path,
                                           monkeypatch):
   def config():

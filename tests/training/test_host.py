@@ -17,6 +17,7 @@ REPO = helpers.REPO
     ('', 'glibc'),
     ('libtcmalloc_minimal.so.4', 'tcmalloc'),  # .ci/run installs it.
 ])
+@pytest.mark.slow
 def test_host_allocator_names_the_malloc_in_use(preload, expected):
   result = subprocess.run(
       [sys.executable, '-c',

@@ -62,6 +62,7 @@ def run(config, workdir, num_examples=20):
     return loop.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(tmp_path):
   # Mock labels are random: the model can only memorise 8 examples.
   config = tiny_config(total_steps=30, batch=8, eval_every=30,
@@ -71,6 +72,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
   assert losses[30] < 0.5 * losses[5]
 
 
+@pytest.mark.slow
 def test_eval_counts_every_example_once(tmp_path):
   run(tiny_config(batch_eval=8), tmp_path, num_examples=21)
   scalars = read_scalars(tmp_path)
@@ -78,6 +80,7 @@ def test_eval_counts_every_example_once(tmp_path):
   assert 0.0 <= scalars['eval_accuracy'][6] <= 1.0
 
 
+@pytest.mark.slow
 def test_metrics_are_written(tmp_path):
   run(tiny_config(progress_every=3), tmp_path)
   scalars = read_scalars(tmp_path)
@@ -88,6 +91,7 @@ def test_metrics_are_written(tmp_path):
   assert scalars['image_size'][3] == 16
 
 
+@pytest.mark.slow
 def test_evaluation_writes_figures(tmp_path):
   run(tiny_config(eval_figures=True, total_steps=4, eval_every=2), tmp_path)
   steps = metrics.read_steps(tmp_path)
@@ -168,6 +172,7 @@ def test_four_devices_match_one_device(tmp_path):
              for k, v in init.items()) > 1e-3
 
 
+@pytest.mark.slow
 def test_curriculum_switches_sizes_and_compiles_once_per_size(tmp_path,
                                                               caplog):
   config = tiny_config(total_steps=6, eval_every=3)
@@ -185,6 +190,7 @@ def test_curriculum_switches_sizes_and_compiles_once_per_size(tmp_path,
   assert read_scalars(tmp_path)['eval_count'][3] == 20
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_npz_weights(tmp_path):
   config = tiny_config(base_lr=0.0, total_steps=2, eval_every=2)
   model = presets.create_model('vit', config.model, 7)
@@ -253,6 +259,7 @@ def test_unknown_dataset_and_split(tmp_path):
         str(tmp_path))
 
 
+@pytest.mark.slow
 def test_main_exits_non_zero_with_the_message_alone(tmp_path):
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quickstart.py',
@@ -364,6 +371,7 @@ def test_ema_starts_as_the_params_then_averages_them():
       0.75 + 0.25 * np.arange(3.0))
 
 
+@pytest.mark.slow
 def test_ema_is_evaluated_beside_the_params(tmp_path):
   run(tiny_config(ema_decay=0.9, eval_every=3), tmp_path)
   scalars = read_scalars(tmp_path)
@@ -372,6 +380,7 @@ def test_ema_is_evaluated_beside_the_params(tmp_path):
   assert 0 <= scalars['eval_ema_loss'][6]
 
 
+@pytest.mark.slow
 def test_randaugment_runs_in_training(tmp_path):
   config = tiny_config(pp=dict(randaugment=(2, 9), augment='none'),
                        total_steps=4)

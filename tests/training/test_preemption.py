@@ -141,6 +141,7 @@ def test_sigterm_saves_at_that_step_and_exits_zero(tmp_path, data, reference):
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_export_round_trip_gives_the_same_logits(tmp_path, reference):
   config, params = checkpointing.restore_for_inference(reference, 'latest')
   out = str(tmp_path / 'model.npz')

@@ -30,6 +30,7 @@ def test_workdir_that_is_a_file_or_under_one(tmp_path):
     workdir.prepare_workdir(str(tmp_path / 'file' / 'run'))
 
 
+@pytest.mark.slow
 def test_a_second_job_is_refused_and_a_killed_ones_lock_is_not_stale(
     tmp_path):
   holder = subprocess.Popen([sys.executable, '-c', HOLD, str(tmp_path)],
@@ -53,6 +54,7 @@ def test_a_second_job_is_refused_and_a_killed_ones_lock_is_not_stale(
   workdir.WorkdirLock(tmp_path).release()  # Free again.
 
 
+@pytest.mark.slow
 def test_a_training_run_refuses_a_live_workdir(tmp_path):
   from vit_flax.configs import common  # pylint: disable=g-import-not-at-top
   from vit_flax.training import loop  # pylint: disable=g-import-not-at-top
