@@ -335,6 +335,27 @@ def test_spt_and_lsa_are_refused_for_timm_and_hf_naming_the_feature(
   assert os.listdir(tmp_path) == ['run']
 
 
+def test_a_layer_norm_epsilon_other_than_timms_goes_to_hf_but_not_timm():
+  # A Hugging Face import (eps 1e-12): transformers' config.json says the
+  # epsilon; timm's ViT has 1e-6 built in, so its logits would differ.
+  config = run_config(layer_norm_eps=1e-12)
+  params = random_params(config)
+  hf_config = json.loads(export.encode(params, config, 'hf')['config.json'])
+  assert hf_config['layer_norm_eps'] == 1e-12
+  with pytest.raises(errors.UserError) as e:
+    export.encode(params, config, 'safetensors')
+  assert str(e.value).startswith(
+      'model.layer_norm_eps=1e-12 (LayerNorm epsilon; timm ViTs use 1e-06) '
+      'has no timm equivalent')
+  # Nor does vit_jax (also 1e-6) compute this model from its npz.
+  assert pytorch_write.npz_readers('vit', config.model) == 'vit_flax reads it'
+  # The default, given explicitly, is timm's and vit_jax's.
+  config = run_config(layer_norm_eps=1e-6)
+  assert export.encode(random_params(config), config, 'safetensors')
+  assert pytorch_write.npz_readers('vit', config.model) == (
+      'vit_flax and vit_jax read it')
+
+
 # What the formats cannot express, and failures: no output, no temp file.
 
 

@@ -82,6 +82,12 @@ def unexportable_features(
     features.append(f'model.representation_size='
                     f"{model_config['representation_size']} (a pre_logits "
                     f'layer, which {target} ViTs do not have)')
+  eps = vit.layer_norm_epsilon(model_config.get('layer_norm_eps'))
+  if fmt == 'timm' and eps != vit.DEFAULT_LAYER_NORM_EPS:
+    # timm's VisionTransformer builds every LayerNorm with eps 1e-6; its
+    # create_model arguments cannot change that.
+    features.append(f'model.layer_norm_eps={eps:g} (LayerNorm epsilon; '
+                    f'timm ViTs use {vit.DEFAULT_LAYER_NORM_EPS:g})')
   if fmt == 'hf':
     classifier = model_config.get('classifier', 'token')
     if classifier not in ('token', 'token_distill', 'seqpool'):
@@ -118,7 +124,9 @@ def vit_jax_builds(model_type: str, model_config: Mapping[str, Any]) -> bool:
           transformer.get('attention', 'mhsa') == 'mhsa' and
           transformer.get('qkv_bias', True) and
           transformer.get('norm_placement', 'pre') == 'pre' and
-          model_config.get('gelu', 'tanh') == 'tanh')
+          model_config.get('gelu', 'tanh') == 'tanh' and
+          vit.layer_norm_epsilon(model_config.get('layer_norm_eps')) ==
+          vit.DEFAULT_LAYER_NORM_EPS)
 
 
 def npz_readers(model_type: str, model_config: Mapping[str, Any]) -> str:
