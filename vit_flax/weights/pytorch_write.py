@@ -106,8 +106,9 @@ def vit_jax_builds(model_type: str, model_config: Mapping[str, Any]) -> bool:
   """Whether vit_jax builds this model (and so computes it from an npz):
   a plain ViT with conv patches, learned position embeddings, a token / gap
   / unpooled classifier, standard attention with q/k/v biases and pre-LN
-  blocks, tanh GELU and no locality; a hybrid root of any width but with
-  vit_jax's stem, bottleneck units and GroupNorm groups."""
+  blocks, tanh GELU, LayerNorm epsilon 1e-6 and no locality; a hybrid root
+  of any width but with vit_jax's stem, bottleneck units and GroupNorm
+  groups."""
   transformer = model_config.get('transformer') or {}
   resnet = model_config.get('resnet')
   if resnet is not None and any(
