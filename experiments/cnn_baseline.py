@@ -145,7 +145,7 @@ def write_report(options: Options, results: study.StudyResults):
       'within it.',
       f'- Train acc.: `{options.train_eval_split}` evaluated after training '
       'as the test set is; the test accuracy is over the whole test split.',
-      *report.over_budget_notes(results.rows),
+      *report.off_budget_notes(results.rows),
       *report.cost_notes(first.pp.crop),
   ]
   panels = [panel for b in results.budgets

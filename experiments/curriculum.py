@@ -163,7 +163,7 @@ def write_report(options: Options, results: study.StudyResults):
       'split. Same data, optimiser, batch and schedule shape.',
       '',
       report.markdown_table(rows, COLUMNS),
-      *report.over_budget_notes(rows),
+      *report.off_budget_notes(rows),
       '- How each run is fitted to the budget: a calibration run trains '
       f'the same schedule shrunk to {options.calibration_steps} steps (so '
       'each image size gets the same share of the steps as in the real '

@@ -111,7 +111,7 @@ def write_report(options: Options, results: study.StudyResults):
         '(data, compilation, training, evaluations); its steps are set from '
         f'a {options.calibration_steps}-step calibration run so that its '
         'whole warm-up + decay schedule ends within the budget.')
-    notes += report.over_budget_notes(results.rows)
+    notes += report.off_budget_notes(results.rows)
   lines = results.header('Patch size 4 vs 7 on 28x28 Fashion-MNIST') + [
       '',
       f'The ViT of configs/quickstart_patchify.py '

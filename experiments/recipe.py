@@ -179,7 +179,7 @@ def write_report(options: Options, results: study.StudyResults):
       'checkpoint and export hold). Train acc.: the first '
       f'{options.train_eval_split} examples, evaluated after training as the '
       'test set is; the gap (train minus test) shows overfitting.',
-      *report.over_budget_notes(rows),
+      *report.off_budget_notes(rows),
       *report.cost_notes(baseline_config().pp.crop),
   ]
   report.write_report(options.out, lines,

@@ -126,7 +126,7 @@ def write_report(options: Options, results: study.StudyResults):
   ] + [f'- `{name}`: {text}' for name, (_, text) in descriptions.items()] + [
       '',
       report.markdown_table(results.rows, COLUMNS),
-      *report.over_budget_notes(results.rows),
+      *report.off_budget_notes(results.rows),
       f'- Budgets: *same steps* gives every model {options.steps} steps; '
       f'*same wall clock* gives every run {options.seconds:.0f} s in all '
       '(data, compilation, training, evaluations), its steps set from a '

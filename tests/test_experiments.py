@@ -333,6 +333,46 @@ def test_vit_vs_resnet_describes_tokenizers_and_hybrids():
   assert hybrid.startswith('hybrid: a BiT root (cifar stem, 2 stages')
 
 
+def test_vit_vs_resnet_sweep_models_change_only_the_fields_they_name():
+  def flat(name):
+    return vit_vs_resnet.MODELS[name][1]().to_dict()
+  quick, cnn = flat('quickstart'), flat('cnn')
+  assert differences(quick, flat('quickstart_batch128')) == [
+      'batch', 'model.model_name']
+  assert differences(quick, flat('quickstart_no_erasing')) == [
+      'model.model_name', 'pp.random_erase']
+  assert differences(quick, flat('quickstart_batch128_no_erasing')) == [
+      'batch', 'model.model_name', 'pp.random_erase']
+  assert differences(quick, flat('quickstart_seqpool')) == [
+      'model.classifier', 'model.model_name']
+  assert differences(cnn, flat('cnn_batch128')) == ['batch']
+  assert differences(cnn, flat('cnn_no_erasing')) == ['pp.random_erase']
+  assert differences(quick, flat('quickstart_batch128_pad_crop')) == [
+      'batch', 'model.model_name', 'pp.augment']
+  assert differences(cnn, flat('cnn_pad_crop')) == ['pp.augment']
+  assert flat('cnn_pad_crop')['pp']['augment'] == 'pad_crop_flip'
+  assert differences(quick, flat('quickstart_batch64')) == [
+      'batch', 'model.model_name']
+  assert differences(quick, flat('quickstart_3_blocks')) == [
+      'model.model_name', 'model.transformer.num_layers']
+  assert differences(quick, flat('quickstart_3_blocks_batch128')) == [
+      'batch', 'model.model_name', 'model.transformer.num_layers']
+  assert flat('quickstart_batch128')['batch'] == 128
+  assert flat('cnn_no_erasing')['pp']['random_erase'] == 0.0
+
+
+def test_vit_vs_resnet_counts_every_cnn_variant_as_a_cnn():
+  rows = [dict(model=model, model_key=key, percent=10,
+               budget='same steps (1)', test_accuracy=accuracy)
+          for model, key, accuracy in (
+              ('CNN', 'cnn', 0.80), ('CNN, batch 128', 'cnn_batch128', 0.83),
+              ('CNN, no random erasing', 'cnn_no_erasing', 0.82),
+              ('Quickstart', 'quickstart', 0.81))]
+  [line] = vit_vs_resnet.outcome(rows, budget.Budget('steps', 1))
+  assert ('the best ViT (Quickstart, 81.00%) falls short of the best CNN '
+          '(CNN, batch 128, 83.00%) by -2.00 points') in line
+
+
 def test_vit_vs_resnet_compares_with_the_best_cnn():
   def row(model, key, accuracy):
     return dict(model=model, model_key=key, percent=10,
@@ -453,13 +493,18 @@ def test_budgets_label_their_runs_and_fit_steps():
     budget.same_steps(-5)
 
 
-def test_over_budget_notes_name_only_runs_that_overran():
+def test_budget_notes_name_only_runs_that_missed_their_budget():
   rows = [dict(label='a', wall=120.0, budget_seconds=100.0),
           dict(label='b', wall=109.0, budget_seconds=100.0),  # Within 10%.
-          dict(label='c', wall=500.0)]  # A step budget: none to overrun.
-  notes = report.over_budget_notes(rows)
-  assert len(notes) == 1
+          dict(label='c', wall=500.0),  # A step budget: none to miss.
+          dict(label='d', wall=85.0, budget_seconds=100.0)]
+  notes = report.off_budget_notes(rows)
+  assert len(notes) == 2
   assert notes[0].startswith('- **a took 120 s of its 100 s budget**')
+  assert 'slower' in notes[0] and 'more time' in notes[0]
+  assert notes[1].startswith('- **d took 85 s of its 100 s budget**')
+  assert 'faster' in notes[1] and 'less time' in notes[1]
+  assert 'calibration predicted' in notes[1]
 
 
 def test_budget_panels_draw_runs_on_the_axis_of_their_budget():
