@@ -1,6 +1,7 @@
 """Tests of the experiment commands: timing, budgets, configs and reports."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -336,29 +337,21 @@ def test_vit_vs_resnet_describes_tokenizers_and_hybrids():
 def test_vit_vs_resnet_sweep_models_change_only_the_fields_they_name():
   def flat(name):
     return vit_vs_resnet.MODELS[name][1]().to_dict()
-  quick, cnn = flat('quickstart'), flat('cnn')
-  assert differences(quick, flat('quickstart_batch128')) == [
-      'batch', 'model.model_name']
-  assert differences(quick, flat('quickstart_no_erasing')) == [
-      'model.model_name', 'pp.random_erase']
-  assert differences(quick, flat('quickstart_batch128_no_erasing')) == [
-      'batch', 'model.model_name', 'pp.random_erase']
-  assert differences(quick, flat('quickstart_seqpool')) == [
-      'model.classifier', 'model.model_name']
-  assert differences(cnn, flat('cnn_batch128')) == ['batch']
-  assert differences(cnn, flat('cnn_no_erasing')) == ['pp.random_erase']
-  assert differences(quick, flat('quickstart_batch128_pad_crop')) == [
-      'batch', 'model.model_name', 'pp.augment']
-  assert differences(cnn, flat('cnn_pad_crop')) == ['pp.augment']
+  for variants, base, renamed in (
+      (vit_vs_resnet.QUICKSTART_VARIANTS, 'quickstart', ['model.model_name']),
+      (vit_vs_resnet.CNN_VARIANTS, 'cnn', [])):
+    base_config = flat(base)
+    for key, (_, changes) in variants.items():
+      config = flat(key)
+      assert differences(base_config, config) == sorted(
+          [*changes, *renamed]), key
+      for field, value in changes.items():
+        *parents, name = field.split('.')
+        assert functools.reduce(dict.get, parents, config)[name] == value
+  assert flat('quickstart_batch128_pad_crop')['batch'] == 128
   assert flat('cnn_pad_crop')['pp']['augment'] == 'pad_crop_flip'
-  assert differences(quick, flat('quickstart_batch64')) == [
-      'batch', 'model.model_name']
-  assert differences(quick, flat('quickstart_3_blocks')) == [
-      'model.model_name', 'model.transformer.num_layers']
-  assert differences(quick, flat('quickstart_3_blocks_batch128')) == [
-      'batch', 'model.model_name', 'model.transformer.num_layers']
-  assert flat('quickstart_batch128')['batch'] == 128
-  assert flat('cnn_no_erasing')['pp']['random_erase'] == 0.0
+  assert flat('quickstart_3_blocks')['model']['transformer'][
+      'num_layers'] == 3
 
 
 def test_vit_vs_resnet_counts_every_cnn_variant_as_a_cnn():
