@@ -25,14 +25,10 @@ steps:
 - hybrid: convolution stages, then transformer blocks
   (configs/hybrid_fashion_mnist.py);
 - quickstart: configs/quickstart.py, the transformer this study chose;
-- quickstart_seqpool: the same with SeqPool as its head;
-- quickstart_batch128, quickstart_batch64, quickstart_3_blocks,
-  quickstart_3_blocks_batch128, quickstart_no_erasing,
-  quickstart_batch128_no_erasing, quickstart_batch128_pad_crop,
-  cnn_batch128, cnn_no_erasing, cnn_pad_crop: the quickstart and the CNN
-  at batch 128 (or 64) instead of 256, the quickstart with 3 blocks instead
-  of 4, and both without random erasing or with padded random crops
-  besides the flips: the sweep of these at 150 s.
+- quickstart_* and cnn_* variants (QUICKSTART_VARIANTS, CNN_VARIANTS;
+  --help lists them): the quickstart with SeqPool, 3 blocks or batch 128
+  or 64, and both it and the CNN at batch 128, without random erasing or
+  with padded random crops besides the flips: the sweep of these at 150 s.
 
 A model given as `name@lr` (e.g. `vit_baseline@0.004`) trains at that
 peak learning rate instead of its config's, so one command can tune a
